@@ -1,0 +1,1 @@
+"""Weft: live stream recording over HTTP."""

@@ -1,0 +1,58 @@
+"""``python -m app [--config PATH] [--host HOST] [--port PORT]`` (also the ``weft`` command)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+
+import uvicorn
+
+from app.config import load_settings
+from app.errors import ConfigError
+from app.main import create_app
+
+log = logging.getLogger("weft")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="weft", description="Weft live stream server")
+    parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
+    parser.add_argument("--host", help="address to listen on (overrides the config)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides the config)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config, host=args.host, port=args.port)
+    except ConfigError as exc:
+        print(f"weft: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if not settings.tokens and not _loopback(settings.host):
+        log.warning(
+            "no tokens configured: the API is open to anyone who can reach %s", settings.host
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        h11_max_incomplete_event_size=settings.limits.header_bytes,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

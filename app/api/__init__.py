@@ -1,0 +1,1 @@
+"""HTTP edge: parse and validate, call the domain, shape the response."""

@@ -1,0 +1,123 @@
+"""The producer POST (SPEC §2) as a small ASGI app.
+
+Its 201 goes out before the body is read, so it cannot be a StreamingResponse
+(under uvicorn that listens for a disconnect and throws body chunks away): it
+sends ``http.response.start`` itself, then pulls body messages one at a time,
+awaiting each append so the server pauses the socket for a slow disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import Message, Receive, Scope, Send
+
+from app.errors import InvalidInput, TooLarge, WeftError
+from app.streams.models import StreamInfo, parse_metadata
+from app.streams.service import Producer, StreamService
+
+log = logging.getLogger("weft.api")
+TRUE_VALUES = {"", "1", "true", "yes", "on"}
+
+
+def flag(query: QueryParams, name: str) -> bool:
+    """``?force``, ``?force=true`` and ``?force=1`` are on; absent or ``=false`` is off."""
+    return name in query and query[name].lower() in TRUE_VALUES
+
+
+def content_length(headers: Headers) -> int | None:
+    raw = headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidInput("Content-Length must be a non-negative integer.")
+    return int(raw)
+
+
+def summary(info: StreamInfo) -> dict[str, Any]:
+    return {"id": info.id, "size": info.size, "sha256": info.sha256, "state": info.state.value}
+
+
+def failure_message(exc: BaseException) -> str:
+    if isinstance(exc, WeftError):
+        return exc.message
+    if isinstance(exc, OSError):
+        # Never echo the OSError itself: it names file paths.
+        return "The server could not store the stream's bytes."
+    return "Internal server error."
+
+
+async def pump(receive: Receive, producer: Producer, first: Message | None = None) -> bool:
+    """Append body messages until the body ends (True) or the client goes (False)."""
+    message = first if first is not None else await receive()
+    while True:
+        if message["type"] == "http.disconnect":
+            return False
+        body = message.get("body", b"")
+        if body:
+            await producer.append(body)
+        if not message.get("more_body", False):
+            return True
+        message = await receive()
+
+
+class ProduceEndpoint:
+    """``POST /stream``, ``POST /stream/`` and ``POST /stream/{stream_id}``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope["app"]
+        service: StreamService = app.state.service
+        headers = Headers(scope=scope)
+        query = QueryParams(scope.get("query_string", b""))
+        app.state.auth.require(headers.get("authorization"), "write")
+
+        stream_id = scope.get("path_params", {}).get("stream_id") or None
+        raw_metadata = _raw_header(scope, b"x-stream-metadata")
+        metadata = parse_metadata(raw_metadata, limit=service.settings.limits.metadata_bytes)
+        length = content_length(headers)
+        limit = service.settings.limits.stream_bytes
+        if limit is not None and length is not None and length > limit:
+            raise TooLarge(f"The body of {length} bytes exceeds the limit of {limit} bytes.")
+
+        info, replaced = await service.create(stream_id, metadata, force=flag(query, "force"))
+        async with service.producer(info.id) as producer:
+            first: Message | None = None
+            if headers.get("expect", "").lower() == "100-continue":
+                # uvicorn writes "100 Continue" on the first receive() and never
+                # once the response has started: start that receive, let it run
+                # up to its wait, and only then send the 201.
+                pending = asyncio.ensure_future(receive())
+                await asyncio.sleep(0)
+            else:
+                pending = None
+            response_headers = [
+                (b"content-type", b"application/json"),
+                (b"x-stream-id", info.id.encode()),
+                (b"location", f"/stream/{info.id}".encode()),
+            ]
+            if replaced:
+                response_headers.append((b"x-stream-replaced", b"true"))
+            await send({"type": "http.response.start", "status": 201, "headers": response_headers})
+            try:
+                if pending is not None:
+                    first = await pending
+                if not await pump(receive, producer, first):
+                    log.info("producer_disconnected stream_id=%s size=%d", info.id, producer.size)
+                    return
+                result: dict[str, Any] = summary(await producer.complete())
+            except (WeftError, OSError) as exc:
+                log.warning("producer_failed stream_id=%s error=%s", info.id, type(exc).__name__)
+                result = {"error": failure_message(exc)}
+            body = json.dumps(result).encode() + b"\n"
+            await send({"type": "http.response.body", "body": body})
+
+
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None

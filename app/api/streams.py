@@ -1,0 +1,118 @@
+"""Reading and managing one stream: GET, HEAD, PATCH, DELETE (SPEC §3, §4, §5)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.api.deps import AdminAuth, HeadAuth, ReadAuth, ServiceDep, WriteAuth
+from app.api.produce import content_length, flag, pump
+from app.api.ranges import parse_range
+from app.errors import InvalidInput, TooLarge
+from app.streams.models import StreamInfo, StreamState
+
+router = APIRouter()
+
+
+def _offset(raw: str | None, name: str = "offset") -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidInput(f"{name} must be a non-negative integer.")
+    return int(raw)
+
+
+def stream_headers(info: StreamInfo) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "X-Stream-Id": info.id,
+        "X-Stream-State": info.state.value,
+        # ensure_ascii keeps the header value ASCII; it decodes to the same JSON.
+        "X-Stream-Metadata": json.dumps(info.metadata, separators=(",", ":")),
+        "Cache-Control": "no-store" if info.state is StreamState.LIVE else "no-cache",
+    }
+    if info.state.finished and info.sha256:
+        digest = base64.b64encode(bytes.fromhex(info.sha256)).decode()
+        headers["ETag"] = f'"{info.sha256}"'
+        headers["Repr-Digest"] = f"sha-256=:{digest}:"
+        headers["Accept-Ranges"] = "bytes"
+    return headers
+
+
+@router.head("/stream/{stream_id}")
+async def head_stream(stream_id: str, service: ServiceDep, _auth: HeadAuth) -> Response:
+    info = await service.info(stream_id)
+    headers = stream_headers(info)
+    headers["Upload-Offset"] = str(info.size)
+    if info.state.finished:
+        headers["Content-Length"] = str(info.size)
+    return Response(status_code=200, headers=headers)
+
+
+@router.get("/stream/{stream_id}", response_model=None)
+async def get_stream(
+    stream_id: str, request: Request, service: ServiceDep, _auth: ReadAuth
+) -> Response:
+    query = request.query_params
+    offset = _offset(query.get("offset"))
+    reader = await service.reader(stream_id, offset=offset or 0, tail=not flag(query, "notail"))
+    info = reader.info
+    headers = stream_headers(info)
+    status = 200
+    if offset is not None:
+        headers["X-Stream-Offset"] = str(offset)
+    elif info.state.finished:
+        if request.headers.get("if-none-match") == headers.get("ETag"):
+            return Response(status_code=304, headers=headers)
+        span = parse_range(request.headers.get("range"), info.size)
+        if span is not None:
+            reader.start, reader.end = span
+            status = 206
+            headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{info.size}"
+    if reader.end is not None:
+        headers["Content-Length"] = str(reader.end - reader.start)
+    return StreamingResponse(reader, status_code=status, headers=headers)
+
+
+@router.patch("/stream/{stream_id}", status_code=204)
+async def resume_stream(
+    stream_id: str, request: Request, service: ServiceDep, _auth: WriteAuth
+) -> Response:
+    offset = _offset(request.headers.get("upload-offset"), "Upload-Offset")
+    if offset is None:
+        raise InvalidInput("Upload-Offset is required to resume a stream.")
+    complete = request.headers.get("upload-complete", "").strip() == "?1"
+    length = content_length(request.headers)
+    limit = service.settings.limits.stream_bytes
+    if limit is not None and length is not None and offset + length > limit:
+        raise TooLarge(f"The stream would exceed the limit of {limit} bytes.")
+    async with service.producer(stream_id, offset=offset) as producer:
+        if not await pump(request.receive, producer):
+            return Response(status_code=204, headers={"Upload-Offset": str(producer.size)})
+        size = producer.size
+        if complete:
+            size = (await producer.complete()).size
+    return Response(status_code=204, headers={"Upload-Offset": str(size)})
+
+
+@router.delete("/stream/build/{build_id}")
+async def delete_build(build_id: str, service: ServiceDep, _auth: AdminAuth) -> dict[str, Any]:
+    deleted = await service.delete_build(build_id)
+    return {"status": "deleted", "buildId": build_id, "deleted": deleted}
+
+
+@router.delete("/stream/{stream_id}", status_code=204)
+async def delete_stream(stream_id: str, service: ServiceDep, _auth: AdminAuth) -> Response:
+    await service.info(stream_id)  # validates the id
+    await service.delete(stream_id)
+    return Response(status_code=204)
+
+
+@router.get("/streams/{stream_id}")
+async def stream_info(stream_id: str, service: ServiceDep, _auth: ReadAuth) -> JSONResponse:
+    info = await service.info(stream_id)
+    return JSONResponse(info.to_json())

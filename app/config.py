@@ -1,0 +1,138 @@
+"""One typed settings object, loaded from YAML and ``WEFT_*`` variables (SPEC §8)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.errors import ConfigError
+
+Scope = Literal["read", "write", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+ENV_PREFIX = "WEFT_"
+# Variables with the prefix that belong to the client, not the server.
+CLIENT_ENV = {"WEFT_TOKEN", "WEFT_URL"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Durability(_Strict):
+    fsync: Literal["always", "interval", "never"] = "interval"
+    interval: float = Field(1.0, gt=0)
+
+
+class Limits(_Strict):
+    metadata_bytes: int = Field(16 * 1024, gt=0)
+    stream_bytes: int | None = Field(None, gt=0)
+    header_bytes: int = Field(64 * 1024, ge=16 * 1024)
+
+
+class Retention(_Strict):
+    complete_after: float | None = Field(None, gt=0)
+
+
+class TokenSpec(_Strict):
+    token: str = Field(min_length=1)
+    scopes: tuple[Scope, ...] = ALL_SCOPES
+
+
+class Settings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(3060, ge=0, le=65535)
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    tokens: tuple[str | TokenSpec, ...] = ()
+    signing_key: str | None = None
+    tail_timeout: float = Field(0, ge=0)
+    abandon_after: float = Field(600, gt=0)
+    segment_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    checkpoint_interval: float = Field(1.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    durability: Durability = Durability()
+    limits: Limits = Limits()
+    retention: Retention = Retention()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'weft.db'}"
+
+    def token_specs(self) -> list[TokenSpec]:
+        return [t if isinstance(t, TokenSpec) else TokenSpec(token=t) for t in self.tokens]
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``WEFT_LIMITS__STREAM_BYTES=5`` becomes ``{"limits": {"stream_bytes": 5}}``."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_ENV:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another WEFT_ variable")
+        # YAML parsing gives numbers, booleans and lists their types; plain text stays text.
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        lines.append(f"config key '{key}': {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    path: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read ``path`` (default: the repository's config.yaml), overlay ``WEFT_*``
+    variables and keyword overrides, and validate. Raises ConfigError naming the key."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    if path is not None or file.exists():
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping of keys")
+        data = loaded or {}
+    data = _merge(data, _env_overrides(environ))
+    data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,107 @@
+"""One exception hierarchy for the whole service (SPEC §7).
+
+The domain and storage raise these; one handler in ``app.api.errors`` renders
+them as ``{"error": "..."}`` with the class's status and headers.
+"""
+
+from __future__ import annotations
+
+
+class WeftError(Exception):
+    status: int = 500
+    message: str = "Internal server error."
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
+        self.message = message or self.message
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class InvalidInput(WeftError):
+    status = 400
+    message = "The request is not valid."
+
+
+class Unauthorized(WeftError):
+    status = 401
+    message = "A valid bearer token is required."
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(WeftError):
+    status = 403
+    message = "This token may not do that."
+
+
+class StreamNotFound(WeftError):
+    status = 404
+
+    def __init__(self, stream_id: str):
+        super().__init__(f"The stream with ID {stream_id} does not exist")
+
+
+class NotFound(WeftError):
+    status = 404
+    message = "Not found."
+
+
+class MethodNotAllowed(WeftError):
+    status = 405
+    message = "Method not allowed."
+
+
+class Conflict(WeftError):
+    status = 409
+    message = "The request conflicts with the stream's state."
+
+
+class StreamExists(Conflict):
+    def __init__(self, stream_id: str):
+        super().__init__(
+            f"The stream with ID {stream_id} already exists. "
+            "Specify force=true query param to override."
+        )
+
+
+class StreamNotLive(Conflict):
+    def __init__(self, stream_id: str, state: str):
+        super().__init__(f"The stream with ID {stream_id} is {state}, not live.")
+
+
+class StreamBusy(Conflict):
+    def __init__(self, stream_id: str):
+        super().__init__(f"The stream with ID {stream_id} already has a producer writing to it.")
+
+
+class OffsetMismatch(Conflict):
+    def __init__(self, stream_id: str, size: int):
+        super().__init__(
+            f"The stream with ID {stream_id} has {size} bytes; resume from that offset.",
+            headers={"Upload-Offset": str(size)},
+        )
+
+
+class TooLarge(WeftError):
+    status = 413
+    message = "The stream exceeds the configured size limit."
+
+
+class RangeNotSatisfiable(WeftError):
+    status = 416
+
+    def __init__(self, size: int, message: str | None = None):
+        super().__init__(
+            message or "The requested range is not satisfiable.",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+
+
+class NotReady(WeftError):
+    status = 503
+    message = "The service is not ready."
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""

@@ -1,0 +1,1 @@
+"""Backends behind small Protocols; factory.py picks the implementations."""

@@ -1,0 +1,130 @@
+"""The storage contracts. Implementations translate their own errors into WeftError."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.streams.models import HubEvent, StreamInfo, StreamState
+
+
+class SegmentWriter(Protocol):
+    """Appends to one stream's segments. One writer per key at a time (the
+    service's producer lock serialises callers)."""
+
+    size: int
+
+    async def append(self, data: bytes) -> int:
+        """Store data at the end; return the new size. Once this returns, the
+        bytes survive a crash of the process."""
+
+    async def sync(self) -> None:
+        """Make everything appended so far survive a crash of the machine."""
+
+    async def close(self) -> None:
+        """Release the writer; the stored bytes stay."""
+
+
+class SegmentStore(Protocol):
+    """Append-only bytes per storage key, split into segments of a fixed size."""
+
+    async def create(self, key: str) -> None:
+        """Create an empty stream; an existing one under key is emptied."""
+
+    async def open_writer(self, key: str) -> SegmentWriter:
+        """A writer positioned at the stored end. Raises StreamNotFound."""
+
+    async def read(self, key: str, offset: int, limit: int) -> bytes:
+        """Up to limit bytes from offset; b"" at the stored end or for a deleted key."""
+
+    async def size(self, key: str) -> int:
+        """The stored size, from the segments themselves. Raises StreamNotFound."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the stream's bytes; a missing key is not an error."""
+
+    async def check(self) -> None:
+        """Raise NotReady when the store cannot be written."""
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    state: StreamState | None = None
+    prefix: str | None = None
+    meta: dict[str, list[str]] = field(default_factory=dict)
+    limit: int = 100
+    before: tuple[str, str] | None = None  # (created_at iso, id) of the last row seen
+
+
+class MetadataRepo(Protocol):
+    """Stream rows. Calls may come from many tasks; implementations serialise
+    writes themselves."""
+
+    async def start(self) -> None:
+        """Create the schema if needed."""
+
+    async def close(self) -> None: ...
+
+    async def insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
+        """Insert a new row. With replace, an existing row with the same id is
+        removed first and returned; without it, an existing row raises StreamExists."""
+
+    async def get(self, stream_id: str) -> StreamInfo | None: ...
+
+    async def update(self, info: StreamInfo) -> None:
+        """Write state, size, digest and times of the row with info.id and info.key;
+        a row that was replaced or deleted meanwhile is left alone."""
+
+    async def checkpoint(self, stream_id: str, key: str, size: int) -> None:
+        """Record the size of a row that is still live (and still that incarnation)."""
+
+    async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
+        """Remove the row (only the incarnation key, if given); return what was removed."""
+
+    async def list(self, query: ListQuery) -> list[StreamInfo]:
+        """Newest first."""
+
+    async def live(self) -> list[StreamInfo]:
+        """Every row in state live (for recovery)."""
+
+    async def for_build(self, build_id: str) -> list[StreamInfo]:
+        """Rows whose metadata has buildId == build_id or whose id starts with
+        ``build-{build_id}-``."""
+
+    async def check(self) -> None:
+        """Raise NotReady when the database does not answer."""
+
+
+class Subscription(Protocol):
+    """One stream's latest event. Only the newest matters, so nothing queues."""
+
+    latest: HubEvent | None
+
+    async def wait(self, *, beyond: int, timeout: float | None) -> HubEvent | None:
+        """Return the newest event not returned before, once its size is beyond
+        ``beyond`` or it is not a progress event; None on timeout."""
+
+
+class Feed(Protocol):
+    """Lifecycle events (created, completed, abandoned, deleted) of every stream, in order."""
+
+    def __aiter__(self) -> AsyncIterator[HubEvent]: ...
+
+
+class Hub(Protocol):
+    """Fan-out of small events. publish never awaits a subscriber."""
+
+    def publish(self, event: HubEvent) -> None: ...
+
+    def subscribe(self, stream_id: str) -> AbstractAsyncContextManager[Subscription]: ...
+
+    def feed(self) -> AbstractAsyncContextManager[Feed]:
+        """Lifecycle events from now on; a subscriber that falls too far behind is
+        ended (its iteration stops)."""
+
+    async def close(self) -> None: ...
+
+
+Metadata = dict[str, Any]

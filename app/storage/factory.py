@@ -1,0 +1,16 @@
+"""build_backends: the only place that picks storage implementations."""
+
+from __future__ import annotations
+
+from app.config import Settings
+from app.storage.base import Hub, MetadataRepo, SegmentStore
+from app.storage.metadata import SqlMetadataRepo
+from app.storage.segments import LocalSegmentStore
+from app.streams.hub import MemoryHub
+
+
+def build_backends(settings: Settings) -> tuple[SegmentStore, MetadataRepo, Hub]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
+    repo = SqlMetadataRepo(settings.resolved_database_url)
+    return store, repo, MemoryHub()

@@ -1,0 +1,241 @@
+"""SqlMetadataRepo: stream rows through SQLAlchemy (SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Index,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.errors import NotReady, StreamExists
+from app.storage.base import ListQuery
+from app.streams.models import StreamInfo, StreamState, utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StreamRow(Base):
+    __tablename__ = "streams"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(40))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Microseconds since the epoch: exact ordering on every database.
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
+    finished_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (
+        Index("ix_streams_created", "created_us", "id"),
+        Index("ix_streams_state_created", "state", "created_us", "id"),
+    )
+
+
+def _us(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    return int(value.timestamp() * 1_000_000)
+
+
+def _dt(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+def _to_info(row: StreamRow) -> StreamInfo:
+    created = _dt(row.created_us)
+    updated = _dt(row.updated_us)
+    assert created is not None and updated is not None
+    return StreamInfo(
+        id=row.id,
+        key=row.key,
+        metadata=row.meta,
+        state=StreamState(row.state),
+        size=row.size,
+        sha256=row.sha256,
+        created_at=created,
+        updated_at=updated,
+        finished_at=_dt(row.finished_us),
+    )
+
+
+def _row_values(info: StreamInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "key": info.key,
+        "meta": info.metadata,
+        "state": info.state.value,
+        "size": info.size,
+        "sha256": info.sha256,
+        "created_us": _us(info.created_at),
+        "updated_us": _us(info.updated_at),
+        "finished_us": _us(info.finished_at),
+    }
+
+
+class SqlMetadataRepo:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._sqlite = url.startswith("sqlite")
+        self._engine: AsyncEngine = create_async_engine(url)
+        if self._sqlite:
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        # SQLite allows one writer; serialising here avoids "database is locked".
+        self._write_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
+        async with self._write_lock, self._sessions.begin() as session:
+            old = await session.get(StreamRow, info.id)
+            replaced = _to_info(old) if old is not None else None
+            if old is not None:
+                if not replace:
+                    raise StreamExists(info.id)
+                await session.delete(old)
+                await session.flush()
+            session.add(StreamRow(**_row_values(info)))
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise StreamExists(info.id) from None
+            return replaced
+
+    async def get(self, stream_id: str) -> StreamInfo | None:
+        async with self._sessions() as session:
+            row = await session.get(StreamRow, stream_id)
+            return _to_info(row) if row is not None else None
+
+    async def update(self, info: StreamInfo) -> None:
+        values = _row_values(info)
+        for fixed in ("id", "key", "meta", "created_us"):
+            values.pop(fixed)
+        async with self._write_lock, self._sessions.begin() as session:
+            await session.execute(
+                update(StreamRow)
+                .where(StreamRow.id == info.id, StreamRow.key == info.key)
+                .values(**values)
+            )
+
+    async def checkpoint(self, stream_id: str, key: str, size: int) -> None:
+        async with self._write_lock, self._sessions.begin() as session:
+            await session.execute(
+                update(StreamRow)
+                .where(
+                    StreamRow.id == stream_id,
+                    StreamRow.key == key,
+                    StreamRow.state == StreamState.LIVE.value,
+                )
+                .values(size=size, updated_us=_us(utcnow()))
+            )
+
+    async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
+        async with self._write_lock, self._sessions.begin() as session:
+            row = await session.get(StreamRow, stream_id)
+            if row is None or (key is not None and row.key != key):
+                return None
+            removed = _to_info(row)
+            await session.execute(delete(StreamRow).where(StreamRow.id == stream_id))
+            return removed
+
+    def _meta_text(self, name: str) -> ColumnElement[Any]:
+        """A metadata value as the text a filter compares with (metadata_text)."""
+        if not self._sqlite:
+            return StreamRow.meta[name].as_string()
+        path = "$." + json.dumps(name)
+        kind = func.json_type(StreamRow.meta, path)
+        return case(
+            (kind.in_(["true", "false", "null"]), kind),
+            else_=cast(func.json_extract(StreamRow.meta, path), String),
+        )
+
+    async def list(self, query: ListQuery) -> list[StreamInfo]:
+        conditions: list[ColumnElement[bool]] = []
+        if query.state is not None:
+            conditions.append(StreamRow.state == query.state.value)
+        if query.prefix:
+            conditions.append(StreamRow.id.startswith(query.prefix, autoescape=True))
+        for name, values in query.meta.items():
+            conditions.extend(self._meta_text(name) == value for value in values)
+        if query.before is not None:
+            created_us, last_id = int(query.before[0]), query.before[1]
+            conditions.append(
+                or_(
+                    StreamRow.created_us < created_us,
+                    and_(StreamRow.created_us == created_us, StreamRow.id < last_id),
+                )
+            )
+        statement = (
+            select(StreamRow)
+            .where(*conditions)
+            .order_by(StreamRow.created_us.desc(), StreamRow.id.desc())
+            .limit(query.limit)
+        )
+        async with self._sessions() as session:
+            rows = (await session.scalars(statement)).all()
+            return [_to_info(row) for row in rows]
+
+    async def live(self) -> list[StreamInfo]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(StreamRow).where(StreamRow.state == StreamState.LIVE.value)
+            )
+            return [_to_info(row) for row in rows]
+
+    async def for_build(self, build_id: str) -> list[StreamInfo]:
+        statement = select(StreamRow).where(
+            or_(
+                self._meta_text("buildId") == build_id,
+                StreamRow.id.startswith(f"build-{build_id}-", autoescape=True),
+            )
+        )
+        async with self._sessions() as session:
+            return [_to_info(row) for row in await session.scalars(statement)]
+
+    async def check(self) -> None:
+        try:
+            async with self._sessions() as session:
+                await session.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError):
+            raise NotReady("The metadata database does not answer.") from None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

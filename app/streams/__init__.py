@@ -1,0 +1,1 @@
+"""The domain: stream lifecycle, readers, hub, spy. Nothing here imports FastAPI."""

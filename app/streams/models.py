@@ -1,0 +1,166 @@
+"""Domain values: stream ids, states, stream info and hub events."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from app.errors import InvalidInput
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._~:@-]{1,200}")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class StreamState(enum.StrEnum):
+    LIVE = "live"
+    COMPLETE = "complete"
+    ABANDONED = "abandoned"
+
+    @property
+    def finished(self) -> bool:
+        return self is not StreamState.LIVE
+
+
+def validate_stream_id(stream_id: str) -> str:
+    if not ID_PATTERN.fullmatch(stream_id) or stream_id.startswith("."):
+        raise InvalidInput(
+            "A stream ID is 1-200 characters of A-Z a-z 0-9 . _ ~ : @ - "
+            "and does not start with '.'."
+        )
+    return stream_id
+
+
+class _IdClock:
+    """ULID-style ids: 48-bit milliseconds then 80 random bits, Crockford base32.
+
+    Within one millisecond the random part is incremented, so ids made by this
+    process are strictly increasing and never collide."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._last_rand = 0
+
+    def new(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms <= self._last_ms:
+                ms = self._last_ms
+                rand = self._last_rand + 1
+            else:
+                rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
+            self._last_ms, self._last_rand = ms, rand
+        value = (ms << 80) | rand
+        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+new_stream_id = _IdClock().new
+new_storage_key = _IdClock().new
+
+
+def parse_metadata(raw: bytes | None, *, limit: int) -> dict[str, Any]:
+    """Decode an ``X-Stream-Metadata`` header value (SPEC §1)."""
+    if raw is None:
+        return {}
+    if len(raw) > limit:
+        raise InvalidInput(f"X-Stream-Metadata is larger than {limit} bytes.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("X-Stream-Metadata is not valid UTF-8.") from None
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidInput("X-Stream-Metadata is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("X-Stream-Metadata must be a JSON object.")
+    return value
+
+
+def metadata_matches(metadata: dict[str, Any], filters: dict[str, list[str]]) -> bool:
+    """Top-level equality; a number or boolean matches its JSON text (SPEC §5)."""
+    for key, wanted in filters.items():
+        if key not in metadata:
+            return False
+        if not all(metadata_text(metadata[key]) == value for value in wanted):
+            return False
+    return True
+
+
+def metadata_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float) or value is None:
+        return json.dumps(value)
+    return None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    id: str
+    key: str  # storage key of this incarnation; a replaced stream gets a new one
+    metadata: dict[str, Any]
+    state: StreamState
+    size: int
+    sha256: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+    def with_changes(self, **changes: Any) -> StreamInfo:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "metadata": self.metadata,
+            "state": self.state.value,
+            "size": self.size,
+            "sha256": self.sha256,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "finished_at": rfc3339(self.finished_at),
+        }
+
+
+class EventKind(enum.StrEnum):
+    CREATED = "created"
+    PROGRESS = "progress"  # size advanced
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+    DELETED = "deleted"  # also sent for the old incarnation when a stream is replaced
+
+
+@dataclass(frozen=True)
+class HubEvent:
+    """A small notification; never carries stream bytes (DESIGN "Hub")."""
+
+    kind: EventKind
+    stream_id: str
+    key: str
+    size: int
+    state: StreamState | None = None  # None after deletion
+    info: StreamInfo | None = field(default=None, compare=False)
+
+    @property
+    def ends_readers(self) -> bool:
+        return self.kind in (EventKind.COMPLETED, EventKind.ABANDONED, EventKind.DELETED)

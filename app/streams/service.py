@@ -1,0 +1,406 @@
+"""The stream lifecycle: create, append, complete, abandon, replace, delete, recover.
+
+The service owns every rule about streams. Live streams written by this process
+are kept in ``_live``: their size and digest advance per chunk in memory, and
+the database hears of them only on create, state change, delete and a size
+checkpoint at most every ``checkpoint_interval`` seconds (DESIGN property 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.config import Settings
+from app.errors import (
+    OffsetMismatch,
+    RangeNotSatisfiable,
+    StreamBusy,
+    StreamNotFound,
+    StreamNotLive,
+    TooLarge,
+)
+from app.storage.base import Hub, ListQuery, MetadataRepo, SegmentStore, SegmentWriter
+from app.streams.models import (
+    EventKind,
+    HubEvent,
+    StreamInfo,
+    StreamState,
+    new_storage_key,
+    new_stream_id,
+    utcnow,
+    validate_stream_id,
+)
+from app.streams.reader import StreamReader
+
+log = logging.getLogger("weft.streams")
+HASH_BLOCK = 1 << 20
+
+
+@dataclass(eq=False)
+class _Live:
+    """A live stream this process is responsible for."""
+
+    info: StreamInfo
+    size: int
+    hasher: Any
+    writer: SegmentWriter | None = None
+    producing: bool = False
+    gone: bool = False  # deleted, replaced or finished: producers must stop
+    abandon_timer: asyncio.TimerHandle | None = None
+    checkpointed_at: float = 0.0
+    dirty: bool = False  # appended since the last fsync
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # state transitions
+
+
+class Producer:
+    """The one producer attached to a live stream (see StreamService.producer)."""
+
+    def __init__(self, service: StreamService, live: _Live) -> None:
+        self._service = service
+        self._live = live
+
+    @property
+    def stream_id(self) -> str:
+        return self._live.info.id
+
+    @property
+    def size(self) -> int:
+        return self._live.size
+
+    async def append(self, data: bytes) -> int:
+        """Store data, publish the new size, return it. Raises StreamNotFound when
+        the stream was deleted or replaced meanwhile, and TooLarge after storing
+        up to limits.stream_bytes (the stream is then complete)."""
+        return await self._service._append(self._live, data)
+
+    async def complete(self) -> StreamInfo:
+        return await self._service._finish(self._live, StreamState.COMPLETE)
+
+
+class StreamService:
+    def __init__(
+        self, *, settings: Settings, store: SegmentStore, repo: MetadataRepo, hub: Hub
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.repo = repo
+        self.hub = hub
+        self._live: dict[str, _Live] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- start and stop ---------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.repo.start()
+        await self.recover()
+        if self.settings.durability.fsync == "interval":
+            self._flusher = asyncio.create_task(self._flush_periodically())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        for live in list(self._live.values()):
+            if live.abandon_timer is not None:
+                live.abandon_timer.cancel()
+            await self._checkpoint(live)
+            await self._close_writer(live, sync=self.settings.durability.fsync != "never")
+        self._live.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.hub.close()
+        await self.repo.close()
+
+    async def recover(self) -> None:
+        """Rebuild every live stream from its segments: the files, not the
+        database's checkpoint, say how many bytes are stored."""
+        for info in await self.repo.live():
+            try:
+                size = await self.store.size(info.key)
+            except StreamNotFound:
+                await self.store.create(info.key)
+                size = 0
+            hasher = hashlib.sha256()
+            offset = 0
+            while offset < size:
+                data = await self.store.read(info.key, offset, HASH_BLOCK)
+                if not data:
+                    break
+                hasher.update(data)
+                offset += len(data)
+            recovered = info.with_changes(size=offset, updated_at=utcnow())
+            await self.repo.update(recovered)
+            live = _Live(info=recovered, size=offset, hasher=hasher)
+            self._live[info.id] = live
+            self._arm_abandon(live)
+            log.info("stream_recovered stream_id=%s size=%d", info.id, offset)
+
+    # -- create -------------------------------------------------------------------
+
+    async def create(
+        self, stream_id: str | None, metadata: dict[str, Any], *, force: bool = False
+    ) -> tuple[StreamInfo, bool]:
+        """Create a live stream; return it and whether an old one was replaced.
+        Raises InvalidInput for a bad id and StreamExists when taken without force."""
+        stream_id = validate_stream_id(stream_id) if stream_id is not None else new_stream_id()
+        now = utcnow()
+        info = StreamInfo(
+            id=stream_id,
+            key=new_storage_key(),
+            metadata=metadata,
+            state=StreamState.LIVE,
+            size=0,
+            sha256=None,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.store.create(info.key)
+        try:
+            old = await self.repo.insert(info, replace=force)
+        except BaseException:
+            await self.store.delete(info.key)
+            raise
+        if old is not None:
+            await self._discard(old)
+        live = _Live(info=info, size=0, hasher=hashlib.sha256())
+        self._live[stream_id] = live
+        self._arm_abandon(live)
+        self.hub.publish(HubEvent(EventKind.CREATED, stream_id, info.key, 0, info.state, info))
+        log.info("stream_created stream_id=%s replaced=%s", stream_id, old is not None)
+        return info, old is not None
+
+    # -- produce ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def producer(
+        self, stream_id: str, *, offset: int | None = None
+    ) -> AsyncIterator[Producer]:
+        """Attach the one producer of a live stream. With offset, the stream's size
+        must equal it (resume). Raises StreamNotFound, StreamNotLive, StreamBusy
+        or OffsetMismatch."""
+        live = await self._require_live(stream_id)
+        if live.producing:
+            raise StreamBusy(stream_id)
+        if offset is not None and offset != live.size:
+            raise OffsetMismatch(stream_id, live.size)
+        live.producing = True
+        if live.abandon_timer is not None:
+            live.abandon_timer.cancel()
+            live.abandon_timer = None
+        try:
+            yield Producer(self, live)
+        finally:
+            live.producing = False
+            if not live.gone:
+                self._arm_abandon(live)
+                await self._checkpoint(live)
+
+    async def _require_live(self, stream_id: str) -> _Live:
+        live = self._live.get(stream_id)
+        if live is not None:
+            return live
+        info = await self.repo.get(stream_id)
+        if info is None:
+            raise StreamNotFound(stream_id)
+        raise StreamNotLive(stream_id, info.state.value)
+
+    async def _append(self, live: _Live, data: bytes) -> int:
+        if live.gone:
+            raise StreamNotFound(live.info.id)
+        limit = self.settings.limits.stream_bytes
+        over = limit is not None and live.size + len(data) > limit
+        if over:
+            assert limit is not None
+            data = data[: limit - live.size]
+        if data:
+            if live.writer is None:
+                live.writer = await self.store.open_writer(live.info.key)
+            before = live.size
+            try:
+                size = await live.writer.append(data)
+            finally:
+                # Keep what was written even when the write failed part-way (disk full).
+                live.hasher.update(memoryview(data)[: live.writer.size - before])
+                live.size = live.writer.size
+            live.dirty = True
+            if self.settings.durability.fsync == "always":
+                await live.writer.sync()
+                live.dirty = False
+            self.hub.publish(HubEvent(EventKind.PROGRESS, live.info.id, live.info.key, size))
+            self._maybe_checkpoint(live)
+        if over:
+            await self._finish(live, StreamState.COMPLETE)
+            raise TooLarge(f"The stream reached the size limit of {limit} bytes and was completed.")
+        return live.size
+
+    # -- finish, abandon, delete ------------------------------------------------
+
+    async def _finish(self, live: _Live, state: StreamState) -> StreamInfo:
+        async with live.lock:
+            if live.gone:
+                current = await self.repo.get(live.info.id)
+                if current is None or current.key != live.info.key:
+                    raise StreamNotFound(live.info.id)
+                return current
+            live.gone = True
+            if live.abandon_timer is not None:
+                live.abandon_timer.cancel()
+            await self._close_writer(live, sync=self.settings.durability.fsync != "never")
+            now = utcnow()
+            info = live.info.with_changes(
+                state=state,
+                size=live.size,
+                sha256=live.hasher.hexdigest(),
+                updated_at=now,
+                finished_at=now,
+            )
+            await self.repo.update(info)
+            if self._live.get(info.id) is live:
+                del self._live[info.id]
+            kind = EventKind.COMPLETED if state is StreamState.COMPLETE else EventKind.ABANDONED
+            self.hub.publish(HubEvent(kind, info.id, info.key, info.size, state, info))
+            log.info("stream_%s stream_id=%s size=%d", kind.value, info.id, info.size)
+            return info
+
+    def _arm_abandon(self, live: _Live) -> None:
+        if live.abandon_timer is not None:
+            live.abandon_timer.cancel()
+        loop = asyncio.get_running_loop()
+        live.abandon_timer = loop.call_later(
+            self.settings.abandon_after, self._spawn, self._abandon(live)
+        )
+
+    async def _abandon(self, live: _Live) -> None:
+        if not live.producing and not live.gone:
+            await self._finish(live, StreamState.ABANDONED)
+
+    async def delete(self, stream_id: str) -> StreamInfo:
+        """Remove a stream's row and bytes and end its readers. Raises StreamNotFound."""
+        removed = await self.repo.delete(stream_id)
+        if removed is None:
+            raise StreamNotFound(stream_id)
+        await self._discard(removed)
+        return removed
+
+    async def delete_build(self, build_id: str) -> list[str]:
+        deleted = []
+        for info in await self.repo.for_build(build_id):
+            if await self.repo.delete(info.id, info.key) is not None:
+                await self._discard(info)
+                deleted.append(info.id)
+        return deleted
+
+    async def _discard(self, info: StreamInfo) -> None:
+        """Forget an incarnation whose row is already gone: stop its producer,
+        end its readers, remove its bytes."""
+        live = self._live.get(info.id)
+        if live is not None and live.info.key == info.key:
+            live.gone = True
+            if live.abandon_timer is not None:
+                live.abandon_timer.cancel()
+            del self._live[info.id]
+            await self._close_writer(live, sync=False)
+        self.hub.publish(HubEvent(EventKind.DELETED, info.id, info.key, info.size, None, info))
+        await self.store.delete(info.key)
+        log.info("stream_deleted stream_id=%s", info.id)
+
+    # -- read ---------------------------------------------------------------------
+
+    async def info(self, stream_id: str) -> StreamInfo:
+        """The stream now, with the in-memory size of a live one. Raises StreamNotFound."""
+        validate_stream_id(stream_id)
+        live = self._live.get(stream_id)
+        if live is not None:
+            return live.info.with_changes(size=live.size)
+        info = await self.repo.get(stream_id)
+        if info is None:
+            raise StreamNotFound(stream_id)
+        return info
+
+    async def list(self, query: ListQuery) -> list[StreamInfo]:
+        infos = await self.repo.list(query)
+        return [self._with_live_size(info) for info in infos]
+
+    def _with_live_size(self, info: StreamInfo) -> StreamInfo:
+        live = self._live.get(info.id)
+        if live is not None and live.info.key == info.key:
+            return info.with_changes(size=live.size)
+        return info
+
+    async def position(self, stream_id: str, key: str) -> tuple[int, StreamState] | None:
+        live = self._live.get(stream_id)
+        if live is not None and live.info.key == key:
+            return live.size, StreamState.LIVE
+        info = await self.repo.get(stream_id)
+        if info is None or info.key != key:
+            return None
+        return info.size, info.state
+
+    async def reader(self, stream_id: str, *, offset: int = 0, tail: bool = True) -> StreamReader:
+        """A reader from offset. A finished stream, or tail=False, gives a fixed
+        end; a live one tails until it leaves live. Raises StreamNotFound, and
+        RangeNotSatisfiable for an offset past the end of a fixed-end read."""
+        info = await self.info(stream_id)
+        tailing = tail and info.state is StreamState.LIVE
+        if not tailing and offset > info.size:
+            raise RangeNotSatisfiable(
+                info.size, f"Offset {offset} is beyond the stream's {info.size} bytes."
+            )
+        timeout = self.settings.tail_timeout or None
+        return StreamReader(
+            info=info,
+            start=offset,
+            end=None if tailing else info.size,
+            store=self.store,
+            hub=self.hub,
+            position=self.position,
+            tail_timeout=timeout,
+        )
+
+    def live_ids(self) -> list[str]:
+        return list(self._live)
+
+    # -- background work ----------------------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", exc_info=task.exception())
+
+    def _maybe_checkpoint(self, live: _Live) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - live.checkpointed_at >= self.settings.checkpoint_interval:
+            live.checkpointed_at = now
+            self._spawn(self._checkpoint(live))
+
+    async def _checkpoint(self, live: _Live) -> None:
+        if not live.gone:
+            await self.repo.checkpoint(live.info.id, live.info.key, live.size)
+
+    async def _close_writer(self, live: _Live, *, sync: bool) -> None:
+        writer, live.writer = live.writer, None
+        if writer is None:
+            return
+        if sync and live.dirty:
+            await writer.sync()
+        await writer.close()
+
+    async def _flush_periodically(self) -> None:
+        interval = self.settings.durability.interval
+        while True:
+            await asyncio.sleep(interval)
+            for live in list(self._live.values()):
+                if live.dirty and live.writer is not None:
+                    live.dirty = False
+                    await live.writer.sync()
