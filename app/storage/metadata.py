@@ -50,6 +50,7 @@ class StreamRow(Base):
     created_us: Mapped[int] = mapped_column(BigInteger)
     updated_us: Mapped[int] = mapped_column(BigInteger)
     finished_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expected_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (
         Index("ix_streams_created", "created_us", "id"),
@@ -83,6 +84,7 @@ def _to_info(row: StreamRow) -> StreamInfo:
         created_at=created,
         updated_at=updated,
         finished_at=_dt(row.finished_us),
+        expected_size=row.expected_size,
     )
 
 
@@ -97,6 +99,7 @@ def _row_values(info: StreamInfo) -> dict[str, Any]:
         "created_us": _us(info.created_at),
         "updated_us": _us(info.updated_at),
         "finished_us": _us(info.finished_at),
+        "expected_size": info.expected_size,
     }
 
 

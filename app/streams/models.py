@@ -125,6 +125,8 @@ class StreamInfo:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+    # Declared total size (a tus Upload-Length): the stream completes on reaching it.
+    expected_size: int | None = None
 
     def with_changes(self, **changes: Any) -> StreamInfo:
         return replace(self, **changes)

@@ -14,10 +14,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.config import Settings
 from app.errors import (
+    InvalidInput,
     OffsetMismatch,
     RangeNotSatisfiable,
     StreamBusy,
@@ -52,9 +54,11 @@ class _Live:
     writer: SegmentWriter | None = None
     producing: bool = False
     gone: bool = False  # deleted, replaced or finished: producers must stop
+    ended: StreamState | None = None  # the state it finished in, if it did
     abandon_timer: asyncio.TimerHandle | None = None
     checkpointed_at: float = 0.0
     dirty: bool = False  # appended since the last fsync
+    expires_at: datetime | None = None  # when the abandon timer fires
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # state transitions
 
 
@@ -144,9 +148,15 @@ class StreamService:
     # -- create -------------------------------------------------------------------
 
     async def create(
-        self, stream_id: str | None, metadata: dict[str, Any], *, force: bool = False
+        self,
+        stream_id: str | None,
+        metadata: dict[str, Any],
+        *,
+        force: bool = False,
+        expected_size: int | None = None,
     ) -> tuple[StreamInfo, bool]:
         """Create a live stream; return it and whether an old one was replaced.
+        With expected_size the stream completes once it holds that many bytes.
         Raises InvalidInput for a bad id and StreamExists when taken without force."""
         stream_id = validate_stream_id(stream_id) if stream_id is not None else new_stream_id()
         now = utcnow()
@@ -159,6 +169,7 @@ class StreamService:
             sha256=None,
             created_at=now,
             updated_at=now,
+            expected_size=expected_size,
         )
         await self.store.create(info.key)
         try:
@@ -201,6 +212,27 @@ class StreamService:
                 self._arm_abandon(live)
                 await self._checkpoint(live)
 
+    async def declare_size(self, stream_id: str, size: int) -> StreamInfo:
+        """Fix the total size of a live stream created without one (tus
+        creation-defer-length). Raises InvalidInput when it is already declared
+        differently or is smaller than what is stored."""
+        live = await self._require_live(stream_id)
+        declared = live.info.expected_size
+        if declared is not None and declared != size:
+            raise InvalidInput(f"The stream's size is already declared as {declared} bytes.")
+        if size < live.size:
+            raise InvalidInput(f"The stream already holds {live.size} bytes.")
+        live.info = live.info.with_changes(expected_size=size)
+        await self.repo.update(live.info.with_changes(size=live.size, updated_at=utcnow()))
+        if live.size == size:
+            return await self._finish(live, StreamState.COMPLETE)
+        return live.info.with_changes(size=live.size)
+
+    def expires_at(self, stream_id: str) -> datetime | None:
+        """When an idle live stream will be abandoned, or None (producing, or not live here)."""
+        live = self._live.get(stream_id)
+        return live.expires_at if live is not None and not live.producing else None
+
     async def _require_live(self, stream_id: str) -> _Live:
         live = self._live.get(stream_id)
         if live is not None:
@@ -212,7 +244,14 @@ class StreamService:
 
     async def _append(self, live: _Live, data: bytes) -> int:
         if live.gone:
+            if live.ended is not None:
+                raise StreamNotLive(live.info.id, live.ended.value)
             raise StreamNotFound(live.info.id)
+        expected = live.info.expected_size
+        if expected is not None and live.size + len(data) > expected:
+            raise InvalidInput(
+                f"The data would extend the stream past its declared size of {expected} bytes."
+            )
         limit = self.settings.limits.stream_bytes
         over = limit is not None and live.size + len(data) > limit
         if over:
@@ -234,6 +273,8 @@ class StreamService:
                 live.dirty = False
             self.hub.publish(HubEvent(EventKind.PROGRESS, live.info.id, live.info.key, size))
             self._maybe_checkpoint(live)
+        if expected is not None and live.size == expected:
+            await self._finish(live, StreamState.COMPLETE)
         if over:
             await self._finish(live, StreamState.COMPLETE)
             raise TooLarge(f"The stream reached the size limit of {limit} bytes and was completed.")
@@ -248,7 +289,7 @@ class StreamService:
                 if current is None or current.key != live.info.key:
                     raise StreamNotFound(live.info.id)
                 return current
-            live.gone = True
+            live.gone, live.ended = True, state
             if live.abandon_timer is not None:
                 live.abandon_timer.cancel()
             await self._close_writer(live, sync=self.settings.durability.fsync != "never")
@@ -272,6 +313,7 @@ class StreamService:
         if live.abandon_timer is not None:
             live.abandon_timer.cancel()
         loop = asyncio.get_running_loop()
+        live.expires_at = utcnow() + timedelta(seconds=self.settings.abandon_after)
         live.abandon_timer = loop.call_later(
             self.settings.abandon_after, self._spawn, self._abandon(live)
         )
