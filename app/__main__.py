@@ -11,6 +11,7 @@ import uvicorn
 
 from app.config import load_settings
 from app.errors import ConfigError
+from app.logs import configure_logging
 from app.main import create_app
 
 log = logging.getLogger("weft")
@@ -36,9 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"weft: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.tokens and not _loopback(settings.host):
         log.warning(
             "no tokens configured: the API is open to anyone who can reach %s", settings.host
@@ -48,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,
+        access_log=False,  # AccessLog logs requests without secrets
         h11_max_incomplete_event_size=settings.limits.header_bytes,
         timeout_graceful_shutdown=5,
     )

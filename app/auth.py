@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
+import secrets
+import time
+from pathlib import Path
 
 from app.config import Scope, TokenSpec
 from app.errors import Forbidden, Unauthorized
@@ -39,3 +44,48 @@ class Authenticator:
         scopes = self.scopes_for(authorization)
         if not scopes.intersection(allowed):
             raise Forbidden(f"This token lacks the {' or '.join(allowed)} scope.")
+
+
+class Signer:
+    """Share links: HMAC-SHA256 over the stream id and the expiry (SPEC §6)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _mac(self, stream_id: str, expires: int) -> str:
+        message = f"{stream_id}\n{expires}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def sign(self, stream_id: str, ttl: float, now: float | None = None) -> tuple[int, str]:
+        expires = int((time.time() if now is None else now) + ttl)
+        return expires, self._mac(stream_id, expires)
+
+    def verify(self, stream_id: str, expires: str | None, signature: str | None) -> None:
+        """Raise Forbidden unless the pair was signed for this stream and has not expired."""
+        if not expires or not signature or not expires.isdigit():
+            raise Forbidden("This share link is not valid.")
+        expected = self._mac(stream_id, int(expires))
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise Forbidden("This share link is not valid.")
+        if int(expires) < time.time():
+            raise Forbidden("This share link has expired.")
+
+
+def load_signing_key(configured: str | None, data_dir: Path) -> bytes:
+    """The configured key, or one generated once and kept in data_dir so links
+    survive restarts without any configuration."""
+    if configured:
+        return configured.encode()
+    path = data_dir / "signing.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as file:
+        file.write(key)
+    return key

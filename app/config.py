@@ -57,6 +57,7 @@ class Settings(_Strict):
     segment_bytes: int = Field(64 * 1024 * 1024, ge=4096)
     checkpoint_interval: float = Field(1.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
     durability: Durability = Durability()
     limits: Limits = Limits()
     retention: Retention = Retention()

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from app.api.deps import AdminAuth, HeadAuth, ReadAuth, ServiceDep, WriteAuth
+from app.api.deps import AdminAuth, HeadAuth, ServiceDep, StreamReadAuth, WriteAuth
 from app.api.produce import content_length, flag, pump
 from app.api.ranges import parse_range
 from app.errors import InvalidInput, TooLarge
@@ -55,7 +55,7 @@ async def head_stream(stream_id: str, service: ServiceDep, _auth: HeadAuth) -> R
 
 @router.get("/stream/{stream_id}", response_model=None)
 async def get_stream(
-    stream_id: str, request: Request, service: ServiceDep, _auth: ReadAuth
+    stream_id: str, request: Request, service: ServiceDep, _auth: StreamReadAuth
 ) -> Response:
     query = request.query_params
     offset = _offset(query.get("offset"))
@@ -110,9 +110,3 @@ async def delete_stream(stream_id: str, service: ServiceDep, _auth: AdminAuth) -
     await service.info(stream_id)  # validates the id
     await service.delete(stream_id)
     return Response(status_code=204)
-
-
-@router.get("/streams/{stream_id}")
-async def stream_info(stream_id: str, service: ServiceDep, _auth: ReadAuth) -> JSONResponse:
-    info = await service.info(stream_id)
-    return JSONResponse(info.to_json())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from app.streams.models import HubEvent, StreamInfo, StreamState
@@ -55,7 +56,7 @@ class ListQuery:
     prefix: str | None = None
     meta: dict[str, list[str]] = field(default_factory=dict)
     limit: int = 100
-    before: tuple[str, str] | None = None  # (created_at iso, id) of the last row seen
+    before: tuple[datetime, str] | None = None  # (created_at, id) of the last row seen
 
 
 class MetadataRepo(Protocol):
@@ -92,6 +93,11 @@ class MetadataRepo(Protocol):
     async def for_build(self, build_id: str) -> list[StreamInfo]:
         """Rows whose metadata has buildId == build_id or whose id starts with
         ``build-{build_id}-``."""
+
+    async def finished_before(self, cutoff: datetime, limit: int) -> list[StreamInfo]:
+        """Up to limit finished rows whose finished_at is before cutoff, oldest first."""
+
+    async def count_by_state(self) -> dict[StreamState, int]: ...
 
     async def check(self) -> None:
         """Raise NotReady when the database does not answer."""

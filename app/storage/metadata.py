@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.errors import NotReady, StreamExists
 from app.storage.base import ListQuery
-from app.streams.models import StreamInfo, StreamState, utcnow
+from app.streams.models import StreamInfo, StreamState, from_micros, to_micros, utcnow
 
 
 class Base(DeclarativeBase):
@@ -55,19 +55,16 @@ class StreamRow(Base):
     __table_args__ = (
         Index("ix_streams_created", "created_us", "id"),
         Index("ix_streams_state_created", "state", "created_us", "id"),
+        Index("ix_streams_finished", "finished_us"),
     )
 
 
 def _us(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    return int(value.timestamp() * 1_000_000)
+    return None if value is None else to_micros(value)
 
 
 def _dt(value: int | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value / 1_000_000, UTC)
+    return None if value is None else from_micros(value)
 
 
 def _to_info(row: StreamRow) -> StreamInfo:
@@ -194,7 +191,7 @@ class SqlMetadataRepo:
         for name, values in query.meta.items():
             conditions.extend(self._meta_text(name) == value for value in values)
         if query.before is not None:
-            created_us, last_id = int(query.before[0]), query.before[1]
+            created_us, last_id = to_micros(query.before[0]), query.before[1]
             conditions.append(
                 or_(
                     StreamRow.created_us < created_us,
@@ -227,6 +224,22 @@ class SqlMetadataRepo:
         )
         async with self._sessions() as session:
             return [_to_info(row) for row in await session.scalars(statement)]
+
+    async def finished_before(self, cutoff: datetime, limit: int) -> list[StreamInfo]:
+        statement = (
+            select(StreamRow)
+            .where(StreamRow.finished_us.is_not(None), StreamRow.finished_us < to_micros(cutoff))
+            .order_by(StreamRow.finished_us)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return [_to_info(row) for row in await session.scalars(statement)]
+
+    async def count_by_state(self) -> dict[StreamState, int]:
+        statement = select(StreamRow.state, func.count()).group_by(StreamRow.state)
+        async with self._sessions() as session:
+            counts = {StreamState(state): n for state, n in (await session.execute(statement))}
+        return {state: counts.get(state, 0) for state in StreamState}
 
     async def check(self) -> None:
         try:

@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.errors import InvalidInput
@@ -106,6 +106,18 @@ def metadata_text(value: Any) -> str | None:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: datetime) -> int:
+    """Exact microseconds since the epoch (no float rounding)."""
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def rfc3339(value: datetime | None) -> str | None:

@@ -8,8 +8,10 @@ repeats a byte, and a slow reader only falls behind on disk.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
+from app.metrics import Metrics
 from app.storage.base import Hub, SegmentStore
 from app.streams.models import EventKind, StreamInfo, StreamState
 
@@ -30,12 +32,23 @@ class StreamReader:
     hub: Hub
     position: Position
     tail_timeout: float | None
+    metrics: Metrics
     block: int = BLOCK
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        if self.end is not None:
-            return self._replay(self.start, self.end)
-        return self._tail()
+        return self._counted()
+
+    async def _counted(self) -> AsyncIterator[bytes]:
+        self.metrics.live_readers.inc()
+        try:
+            body = self._replay(self.start, self.end) if self.end is not None else self._tail()
+            # aclosing: leave the hub subscription now, not whenever the GC runs.
+            async with aclosing(body) as chunks:
+                async for data in chunks:
+                    self.metrics.bytes_out.inc(len(data))
+                    yield data
+        finally:
+            self.metrics.live_readers.dec()
 
     async def _replay(self, offset: int, end: int) -> AsyncIterator[bytes]:
         while offset < end:

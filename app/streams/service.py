@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,10 @@ from app.errors import (
     StreamNotLive,
     TooLarge,
 )
+from app.metrics import Metrics
 from app.storage.base import Hub, ListQuery, MetadataRepo, SegmentStore, SegmentWriter
+from app.streams.events import EventLog
+from app.streams.listing import encode_cursor
 from app.streams.models import (
     EventKind,
     HubEvent,
@@ -89,27 +92,39 @@ class Producer:
 
 class StreamService:
     def __init__(
-        self, *, settings: Settings, store: SegmentStore, repo: MetadataRepo, hub: Hub
+        self,
+        *,
+        settings: Settings,
+        store: SegmentStore,
+        repo: MetadataRepo,
+        hub: Hub,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.repo = repo
         self.hub = hub
+        self.metrics = metrics or Metrics()
+        self.events = EventLog()
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._flusher: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     # -- start and stop ---------------------------------------------------------
 
     async def start(self) -> None:
         await self.repo.start()
+        await self.events.start(self.hub)
         await self.recover()
         if self.settings.durability.fsync == "interval":
-            self._flusher = asyncio.create_task(self._flush_periodically())
+            self._background.append(asyncio.create_task(self._flush_periodically()))
+        if self.settings.retention.complete_after is not None:
+            self._background.append(asyncio.create_task(self._enforce_retention()))
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in self._background:
+            task.cancel()
+        await self.events.close()
         for live in list(self._live.values()):
             if live.abandon_timer is not None:
                 live.abandon_timer.cancel()
@@ -201,6 +216,7 @@ class StreamService:
         if offset is not None and offset != live.size:
             raise OffsetMismatch(stream_id, live.size)
         live.producing = True
+        self.metrics.live_producers.inc()
         if live.abandon_timer is not None:
             live.abandon_timer.cancel()
             live.abandon_timer = None
@@ -208,6 +224,7 @@ class StreamService:
             yield Producer(self, live)
         finally:
             live.producing = False
+            self.metrics.live_producers.dec()
             if not live.gone:
                 self._arm_abandon(live)
                 await self._checkpoint(live)
@@ -268,6 +285,7 @@ class StreamService:
                 live.hasher.update(memoryview(data)[: live.writer.size - before])
                 live.size = live.writer.size
             live.dirty = True
+            self.metrics.bytes_in.inc(len(data))
             if self.settings.durability.fsync == "always":
                 await live.writer.sync()
                 live.dirty = False
@@ -365,9 +383,15 @@ class StreamService:
             raise StreamNotFound(stream_id)
         return info
 
-    async def list(self, query: ListQuery) -> list[StreamInfo]:
-        infos = await self.repo.list(query)
-        return [self._with_live_size(info) for info in infos]
+    async def list_page(self, query: ListQuery) -> tuple[list[StreamInfo], str | None]:
+        """One page, newest first, and the cursor of the next page (None at the end)."""
+        rows = await self.repo.list(replace(query, limit=query.limit + 1))
+        page = [self._with_live_size(info) for info in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return page, encode_cursor(page[-1]) if more and page else None
+
+    async def count_by_state(self) -> dict[StreamState, int]:
+        return await self.repo.count_by_state()
 
     def _with_live_size(self, info: StreamInfo) -> StreamInfo:
         live = self._live.get(info.id)
@@ -403,6 +427,7 @@ class StreamService:
             hub=self.hub,
             position=self.position,
             tail_timeout=timeout,
+            metrics=self.metrics,
         )
 
     def live_ids(self) -> list[str]:
@@ -437,6 +462,18 @@ class StreamService:
         if sync and live.dirty:
             await writer.sync()
         await writer.close()
+
+    async def _enforce_retention(self) -> None:
+        """Delete finished streams older than retention.complete_after, as DELETE would."""
+        keep = self.settings.retention.complete_after
+        assert keep is not None
+        while True:
+            cutoff = utcnow() - timedelta(seconds=keep)
+            for info in await self.repo.finished_before(cutoff, limit=500):
+                if await self.repo.delete(info.id, info.key) is not None:
+                    await self._discard(info)
+                    log.info("stream_expired stream_id=%s", info.id)
+            await asyncio.sleep(min(keep / 2, 60.0))
 
     async def _flush_periodically(self) -> None:
         interval = self.settings.durability.interval

@@ -1,0 +1,59 @@
+"""Listing queries and their opaque cursors (SPEC §5 ``GET /streams``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from app.errors import InvalidInput
+from app.storage.base import ListQuery
+from app.streams.models import StreamInfo, StreamState, from_micros, to_micros
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def encode_cursor(info: StreamInfo) -> str:
+    raw = json.dumps([to_micros(info.created_at), info.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_us, stream_id = json.loads(raw)
+    except (ValueError, binascii.Error, TypeError):
+        raise InvalidInput("The cursor is not valid.") from None
+    if not isinstance(created_us, int) or not isinstance(stream_id, str):
+        raise InvalidInput("The cursor is not valid.")
+    return created_us, stream_id
+
+
+def build_query(
+    *,
+    state: str | None,
+    prefix: str | None,
+    meta: dict[str, list[str]],
+    limit: str | None,
+    cursor: str | None,
+) -> ListQuery:
+    """Validate listing parameters as they came in the query string."""
+    if state is not None and state not in {s.value for s in StreamState}:
+        raise InvalidInput("state must be one of live, complete, abandoned.")
+    count = DEFAULT_LIMIT
+    if limit is not None:
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+            raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}.")
+        count = int(limit)
+    before = None
+    if cursor:
+        created_us, stream_id = decode_cursor(cursor)
+        before = (from_micros(created_us), stream_id)
+    return ListQuery(
+        state=StreamState(state) if state is not None else None,
+        prefix=prefix or None,
+        meta=meta,
+        limit=count,
+        before=before,
+    )
