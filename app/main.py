@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.routing import Route
 
-from app.api import health, spy, streams
+from app.api import health, manage, spy, streams
+from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
-from app.api.produce import ProduceEndpoint
-from app.auth import Authenticator
+from app.api.produce import ProduceEndpoint, ProduceRoute
+from app.auth import Authenticator, Signer, load_signing_key
 from app.config import Settings, load_settings
+from app.metrics import Metrics
 from app.storage.factory import build_backends
 from app.streams.service import StreamService
 
@@ -23,9 +24,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store, repo, hub = build_backends(settings)
-        service = StreamService(settings=settings, store=store, repo=repo, hub=hub)
+        service = StreamService(settings=settings, store=store, repo=repo, hub=hub, metrics=metrics)
         await service.start()
         app.state.service = service
+        app.state.signer = Signer(load_signing_key(settings.signing_key, settings.data_dir))
         try:
             yield
         finally:
@@ -38,13 +40,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
+    metrics = Metrics()
     app.state.settings = settings
     app.state.auth = Authenticator(settings.token_specs())
     install_error_handlers(app)
     produce = ProduceEndpoint()
     for path in ("/stream", "/stream/", "/stream/{stream_id}"):
-        app.router.routes.append(Route(path, produce, methods=["POST"]))
+        app.router.routes.append(ProduceRoute(path, produce, methods=["POST"]))
     app.include_router(streams.router)
     app.include_router(spy.router)
+    app.include_router(manage.router)
     app.include_router(health.router)
+    app.add_middleware(AccessLog, metrics=metrics)
     return app
