@@ -48,9 +48,12 @@ async def head_stream(stream_id: str, service: ServiceDep, _auth: HeadAuth) -> R
     info = await service.info(stream_id)
     headers = stream_headers(info)
     headers["Upload-Offset"] = str(info.size)
+    response = Response(status_code=200, headers=headers)
     if info.state.finished:
-        headers["Content-Length"] = str(info.size)
-    return Response(status_code=200, headers=headers)
+        response.headers["Content-Length"] = str(info.size)
+    else:
+        del response.headers["Content-Length"]  # a live GET is chunked, with no length
+    return response
 
 
 @router.get("/stream/{stream_id}", response_model=None)
