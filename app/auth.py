@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.config import Scope, TokenSpec
 from app.errors import Forbidden, Unauthorized
+from app.streams.models import is_decimal
 
 
 class Authenticator:
@@ -62,7 +63,7 @@ class Signer:
 
     def verify(self, stream_id: str, expires: str | None, signature: str | None) -> None:
         """Raise Forbidden unless the pair was signed for this stream and has not expired."""
-        if not expires or not signature or not expires.isdigit():
+        if not expires or not signature or not is_decimal(expires):
             raise Forbidden("This share link is not valid.")
         expected = self._mac(stream_id, int(expires))
         if not hmac.compare_digest(expected.encode(), signature.encode()):

@@ -14,7 +14,7 @@ from app.api.deps import AdminAuth, ReadAuth, ServiceDep, StreamReadAuth
 from app.api.spy import meta_filters
 from app.auth import Signer
 from app.streams.listing import build_query
-from app.streams.models import metadata_matches
+from app.streams.models import is_decimal, metadata_matches
 
 router = APIRouter()
 HEARTBEAT_SECONDS = 15.0
@@ -64,7 +64,7 @@ async def share_stream(
 @router.get("/events")
 async def events(request: Request, service: ServiceDep, _auth: ReadAuth) -> StreamingResponse:
     last = request.headers.get("last-event-id", "").strip()
-    after = int(last) if last.isdigit() else None
+    after = int(last) if is_decimal(last) else None
     filters = meta_filters(request)
 
     async def body() -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.api.deps import authorize
 from app.errors import InvalidInput, TooLarge, WeftError
-from app.streams.models import StreamInfo, parse_metadata
+from app.streams.models import StreamInfo, is_decimal, parse_metadata
 from app.streams.service import Producer, StreamService
 
 log = logging.getLogger("weft.api")
@@ -36,7 +36,7 @@ def content_length(headers: Headers) -> int | None:
     raw = headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not is_decimal(raw):
         raise InvalidInput("Content-Length must be a non-negative integer.")
     return int(raw)
 

@@ -13,7 +13,7 @@ from app.api.deps import AdminAuth, HeadAuth, ServiceDep, StreamReadAuth, WriteA
 from app.api.produce import content_length, flag, pump
 from app.api.ranges import parse_range
 from app.errors import InvalidInput, TooLarge
-from app.streams.models import StreamInfo, StreamState
+from app.streams.models import StreamInfo, StreamState, is_decimal
 
 router = APIRouter()
 
@@ -21,7 +21,7 @@ router = APIRouter()
 def _offset(raw: str | None, name: str = "offset") -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not is_decimal(raw):
         raise InvalidInput(f"{name} must be a non-negative integer.")
     return int(raw)
 

@@ -8,7 +8,7 @@ import json
 
 from app.errors import InvalidInput
 from app.storage.base import ListQuery
-from app.streams.models import StreamInfo, StreamState, from_micros, to_micros
+from app.streams.models import StreamInfo, StreamState, from_micros, is_decimal, to_micros
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -43,7 +43,7 @@ def build_query(
         raise InvalidInput("state must be one of live, complete, abandoned.")
     count = DEFAULT_LIMIT
     if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        if not is_decimal(limit) or not 1 <= int(limit) <= MAX_LIMIT:
             raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}.")
         count = int(limit)
     before = None

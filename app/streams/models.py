@@ -65,6 +65,15 @@ new_stream_id = _IdClock().new
 new_storage_key = _IdClock().new
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts characters like '²' that int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_metadata(raw: bytes | None, *, limit: int) -> dict[str, Any]:
     """Decode an ``X-Stream-Metadata`` header value (SPEC §1)."""
     if raw is None:
@@ -78,7 +87,7 @@ def parse_metadata(raw: bytes | None, *, limit: int) -> dict[str, Any]:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except ValueError:
         raise InvalidInput("X-Stream-Metadata is not valid JSON.") from None
     if not isinstance(value, dict):

@@ -251,6 +251,7 @@ class StreamService:
         return live.expires_at if live is not None and not live.producing else None
 
     async def _require_live(self, stream_id: str) -> _Live:
+        validate_stream_id(stream_id)
         live = self._live.get(stream_id)
         if live is not None:
             return live
