@@ -9,6 +9,7 @@ import sys
 
 import uvicorn
 
+from app.api.protocol import WeftHttpProtocol
 from app.config import load_settings
 from app.errors import ConfigError
 from app.logs import configure_logging
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         log_config=None,
         access_log=False,  # AccessLog logs requests without secrets
+        http=WeftHttpProtocol,
         h11_max_incomplete_event_size=settings.limits.header_bytes,
         timeout_graceful_shutdown=5,
     )

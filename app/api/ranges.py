@@ -25,6 +25,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         length = int(last)
         if length == 0:
             raise RangeNotSatisfiable(size)
+        if size == 0:
+            return None  # satisfiable (RFC 9110 §14.1.3), but 206 cannot express it
         return max(0, size - length), size
     start = int(first)
     end = size if not last else min(int(last) + 1, size)

@@ -333,8 +333,10 @@ class StreamService:
             live.abandon_timer.cancel()
         loop = asyncio.get_running_loop()
         live.expires_at = utcnow() + timedelta(seconds=self.settings.abandon_after)
+        # The coroutine is made only when the timer fires: a cancelled timer then
+        # leaves no never-awaited coroutine behind.
         live.abandon_timer = loop.call_later(
-            self.settings.abandon_after, self._spawn, self._abandon(live)
+            self.settings.abandon_after, lambda: self._spawn(self._abandon(live))
         )
 
     async def _abandon(self, live: _Live) -> None:

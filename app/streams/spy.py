@@ -10,7 +10,6 @@ or its stream ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,26 +24,19 @@ RESET = "\x1b[0m"
 # Basic colours first, then distinct 256-colour foregrounds, so two streams on
 # screen together never share one.
 PALETTE: tuple[str, ...] = (
-    "31",
-    "32",
-    "33",
-    "34",
-    "35",
-    "36",
-    "91",
-    "92",
-    "93",
-    "94",
-    "95",
-    "96",
-) + tuple(f"38;5;{n}" for n in range(20, 232) if (n - 16) % 36 >= 6 and n % 6 not in (0,))
+    "31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96",
+) + tuple(f"38;5;{n}" for n in range(20, 232) if (n - 16) % 36 >= 6 and n % 6 != 0)  # fmt: skip
 
 _START, _END = object(), object()
 
 
-@dataclass
-class _Shown:
-    colour: str | None
+@dataclass(eq=False)
+class _Show:
+    """One incarnation of a stream on the spy's screen."""
+
+    stream_id: str
+    key: str
+    colour: str | None = None
     partial: bytearray = field(default_factory=bytearray)
 
 
@@ -61,10 +53,10 @@ class Spy:
         self._color = color
         self._replay = replay
         self._meta = meta or {}
-        self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue(QUEUE_ITEMS)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._shown: dict[str, _Shown] = {}
-        self._last_data: str | None = None
+        self._queue: asyncio.Queue[tuple[_Show, object]] = asyncio.Queue(QUEUE_ITEMS)
+        self._tasks: dict[_Show, asyncio.Task[None]] = {}
+        self._on_screen: set[_Show] = set()
+        self._last_data: _Show | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._run()
@@ -74,91 +66,99 @@ class Spy:
             watcher = asyncio.create_task(self._watch_created(feed))
             try:
                 for stream_id in self._service.live_ids():
-                    with contextlib.suppress(WeftError):
+                    try:
                         info = await self._service.info(stream_id)
-                        if info.state is StreamState.LIVE:
-                            self._show(info.id, info.metadata, 0 if self._replay else info.size)
+                    except WeftError:
+                        continue
+                    if info.state is StreamState.LIVE:
+                        offset = 0 if self._replay else info.size
+                        self._show(info.id, info.key, info.metadata, offset)
                 while True:
-                    stream_id, item = await self._queue.get()
-                    out = self._render(stream_id, item)
+                    show, item = await self._queue.get()
+                    out = self._render(show, item)
                     if out:
                         yield out
             finally:
-                watcher.cancel()
-                for task in self._tasks.values():
+                tasks = [watcher, *self._tasks.values()]
+                for task in tasks:
                     task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch_created(self, feed: Any) -> None:
         async for event in feed:
             if event.kind is EventKind.CREATED and event.info is not None:
-                self._show(event.stream_id, event.info.metadata, 0)
+                self._show(event.stream_id, event.key, event.info.metadata, 0)
 
-    def _show(self, stream_id: str, metadata: dict[str, Any], offset: int) -> None:
-        if stream_id in self._tasks or not metadata_matches(metadata, self._meta):
+    def _show(self, stream_id: str, key: str, metadata: dict[str, Any], offset: int) -> None:
+        if not metadata_matches(metadata, self._meta):
             return
-        self._tasks[stream_id] = asyncio.create_task(self._follow(stream_id, offset))
+        if any(show.stream_id == stream_id and show.key == key for show in self._tasks):
+            return
+        show = _Show(stream_id, key)
+        self._tasks[show] = asyncio.create_task(self._follow(show, offset))
 
-    async def _follow(self, stream_id: str, offset: int) -> None:
-        await self._queue.put((stream_id, _START))
+    async def _follow(self, show: _Show, offset: int) -> None:
+        await self._queue.put((show, _START))
         try:
-            reader = await self._service.reader(stream_id, offset=offset)
-            reader.block = READ_BLOCK
-            async for data in reader:
-                await self._queue.put((stream_id, data))
+            reader = await self._service.reader(show.stream_id, offset=offset)
+            if reader.info.key == show.key:
+                reader.block = READ_BLOCK
+                async for data in reader:
+                    await self._queue.put((show, data))
         except WeftError:
             pass  # gone before we could read it: show it as ended
-        finally:
-            await self._queue.put((stream_id, _END))
+        # Not in a finally: a cancelled follower must not wait on a full queue.
+        await self._queue.put((show, _END))
 
     # -- rendering ----------------------------------------------------------------
 
-    def _render(self, stream_id: str, item: object) -> bytes:
+    def _render(self, show: _Show, item: object) -> bytes:
         if item is _START:
-            self._shown[stream_id] = _Shown(self._take_colour())
-            return self._marker(stream_id, f"START: {stream_id}")
-        shown = self._shown[stream_id]
+            show.colour = self._take_colour()
+            self._on_screen.add(show)
+            return self._marker(show, f"START: {show.stream_id}")
         if item is _END:
-            out = self._lines(stream_id, shown, [bytes(shown.partial)] if shown.partial else [])
-            del self._shown[stream_id]
-            del self._tasks[stream_id]
-            return out + self._marker(stream_id, f"END: {stream_id}", shown.colour)
+            rest = [bytes(show.partial)] if show.partial else []
+            out = self._lines(show, rest) + self._marker(show, f"END: {show.stream_id}")
+            self._on_screen.discard(show)
+            self._tasks.pop(show, None)
+            return out
         assert isinstance(item, bytes)
-        shown.partial += item
-        cut = shown.partial.rfind(b"\n")
+        show.partial += item
+        cut = show.partial.rfind(b"\n")
         lines: list[bytes] = []
         if cut >= 0:
-            lines = bytes(shown.partial[:cut]).split(b"\n")
-            del shown.partial[: cut + 1]
-        while len(shown.partial) >= LINE_LIMIT:
-            lines.append(bytes(shown.partial[:LINE_LIMIT]))
-            del shown.partial[:LINE_LIMIT]
-        return self._lines(stream_id, shown, lines)
+            lines = bytes(show.partial[:cut]).split(b"\n")
+            del show.partial[: cut + 1]
+        while len(show.partial) >= LINE_LIMIT:
+            lines.append(bytes(show.partial[:LINE_LIMIT]))
+            del show.partial[:LINE_LIMIT]
+        return self._lines(show, lines)
 
-    def _lines(self, stream_id: str, shown: _Shown, lines: list[bytes]) -> bytes:
+    def _lines(self, show: _Show, lines: list[bytes]) -> bytes:
         if not lines:
             return b""
         out = bytearray()
-        if self._last_data != stream_id:
-            out += self._marker(stream_id, f"{stream_id}:", shown.colour)
-            self._last_data = stream_id
+        if self._last_data is not show:
+            out += self._marker(show, f"{show.stream_id}:")
+            self._last_data = show
         for line in lines:
-            if shown.colour is None:
+            if show.colour is None:
                 out += line + b"\n"
             else:
-                out += f"\x1b[{shown.colour}m".encode() + line + RESET.encode() + b"\n"
+                out += f"\x1b[{show.colour}m".encode() + line + RESET.encode() + b"\n"
         return bytes(out)
 
-    def _marker(self, stream_id: str, text: str, colour: str | None = None) -> bytes:
-        colour = colour or (self._shown[stream_id].colour if stream_id in self._shown else None)
-        if colour is None:
+    def _marker(self, show: _Show, text: str) -> bytes:
+        if show.colour is None:
             return f"{text}\n".encode()
-        return f"\x1b[1;{colour}m{text}{RESET}\n".encode()
+        return f"\x1b[1;{show.colour}m{text}{RESET}\n".encode()
 
     def _take_colour(self) -> str | None:
         if not self._color:
             return None
-        used = {shown.colour for shown in self._shown.values()}
+        used = {show.colour for show in self._on_screen}
         for colour in PALETTE:
             if colour not in used:
                 return colour
-        return PALETTE[len(self._shown) % len(PALETTE)]  # more streams than colours
+        return PALETTE[len(self._on_screen) % len(PALETTE)]  # more streams than colours

@@ -1,0 +1,59 @@
+"""uvicorn's httptools protocol with Weft's two edge rules: errors of the HTTP
+parser are JSON like every other error (SPEC §7), and a request head larger
+than ``limits.header_bytes`` is refused (httptools itself has no limit)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+DEFAULT_HEAD_LIMIT = 64 * 1024
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
+class WeftHttpProtocol(HttpToolsProtocol):
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._head_limit = config.h11_max_incomplete_event_size or DEFAULT_HEAD_LIMIT
+        self._head_bytes = 0
+        self._head_too_large = False
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._head_limit:
+            self._head_too_large = True
+            raise HeadTooLarge  # the parser turns this into HttpParserCallbackError
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            status, text = 431, f"The request head is larger than {self._head_limit} bytes."
+        else:
+            status, text = 400, "The request is not valid HTTP/1.1."
+        body = json.dumps({"error": text}).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()

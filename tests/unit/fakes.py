@@ -1,0 +1,203 @@
+"""In-memory fakes of the storage Protocols (app/storage/base.py) for unit tests.
+
+They keep the contracts' observable behaviour (append-only bytes per key, rows
+per id and incarnation key) and nothing else, so the domain can be driven
+without files or a database.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.errors import StreamExists, StreamNotFound
+from app.storage.base import ListQuery
+from app.streams.hub import MemoryHub
+from app.streams.models import StreamInfo, StreamState, metadata_text, to_micros, utcnow
+from app.streams.service import StreamService
+
+
+class MemorySegmentWriter:
+    def __init__(self, store: MemorySegmentStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self.size = len(store.blobs[key])
+        self.syncs = 0
+        self.closed = False
+
+    async def append(self, data: bytes) -> int:
+        blob = self._store.blobs.get(self._key)
+        if blob is not None:  # like a write to an unlinked file: accepted, then lost
+            blob += data
+        self.size += len(data)
+        return self.size
+
+    async def sync(self) -> None:
+        self.syncs += 1
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class MemorySegmentStore:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytearray] = {}
+
+    async def create(self, key: str) -> None:
+        self.blobs[key] = bytearray()
+
+    async def open_writer(self, key: str) -> MemorySegmentWriter:
+        if key not in self.blobs:
+            raise StreamNotFound(key)
+        return MemorySegmentWriter(self, key)
+
+    async def read(self, key: str, offset: int, limit: int) -> bytes:
+        blob = self.blobs.get(key)
+        if blob is None:
+            return b""
+        return bytes(blob[offset : offset + limit])
+
+    async def size(self, key: str) -> int:
+        if key not in self.blobs:
+            raise StreamNotFound(key)
+        return len(self.blobs[key])
+
+    async def delete(self, key: str) -> None:
+        self.blobs.pop(key, None)
+
+    async def check(self) -> None:
+        return None
+
+
+def _micros(info: StreamInfo) -> int:
+    return to_micros(info.created_at)
+
+
+class MemoryMetadataRepo:
+    def __init__(self) -> None:
+        self.rows: dict[str, StreamInfo] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
+        old = self.rows.get(info.id)
+        if old is not None and not replace:
+            raise StreamExists(info.id)
+        self.rows[info.id] = info
+        return old
+
+    async def get(self, stream_id: str) -> StreamInfo | None:
+        return self.rows.get(stream_id)
+
+    async def update(self, info: StreamInfo) -> None:
+        row = self.rows.get(info.id)
+        if row is None or row.key != info.key:
+            return
+        self.rows[info.id] = row.with_changes(
+            state=info.state,
+            size=info.size,
+            sha256=info.sha256,
+            updated_at=info.updated_at,
+            finished_at=info.finished_at,
+            expected_size=info.expected_size,
+        )
+
+    async def checkpoint(self, stream_id: str, key: str, size: int) -> None:
+        row = self.rows.get(stream_id)
+        if row is not None and row.key == key and row.state is StreamState.LIVE:
+            self.rows[stream_id] = row.with_changes(size=size, updated_at=utcnow())
+
+    async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
+        row = self.rows.get(stream_id)
+        if row is None or (key is not None and row.key != key):
+            return None
+        return self.rows.pop(stream_id)
+
+    async def list(self, query: ListQuery) -> builtins.list[StreamInfo]:
+        rows = sorted(self.rows.values(), key=lambda i: (_micros(i), i.id), reverse=True)
+        out = []
+        for info in rows:
+            if query.state is not None and info.state is not query.state:
+                continue
+            if query.prefix and not info.id.startswith(query.prefix):
+                continue
+            if not all(
+                metadata_text(info.metadata.get(name)) == value and name in info.metadata
+                for name, values in query.meta.items()
+                for value in values
+            ):
+                continue
+            if query.before is not None and (_micros(info), info.id) >= (
+                to_micros(query.before[0]),
+                query.before[1],
+            ):
+                continue
+            out.append(info)
+        return out[: query.limit]
+
+    async def live(self) -> builtins.list[StreamInfo]:
+        return [info for info in self.rows.values() if info.state is StreamState.LIVE]
+
+    async def for_build(self, build_id: str) -> builtins.list[StreamInfo]:
+        return [
+            info
+            for info in self.rows.values()
+            if ("buildId" in info.metadata and metadata_text(info.metadata["buildId"]) == build_id)
+            or info.id.startswith(f"build-{build_id}-")
+        ]
+
+    async def finished_before(self, cutoff: datetime, limit: int) -> builtins.list[StreamInfo]:
+        finished = [
+            info
+            for info in self.rows.values()
+            if info.finished_at is not None and info.finished_at < cutoff
+        ]
+        return sorted(finished, key=lambda i: (i.finished_at, i.id))[:limit]
+
+    async def count_by_state(self) -> dict[StreamState, int]:
+        return dict(Counter(info.state for info in self.rows.values()))
+
+    async def check(self) -> None:
+        return None
+
+
+@asynccontextmanager
+async def running_service(
+    store: MemorySegmentStore | None = None,
+    repo: MemoryMetadataRepo | None = None,
+    **settings: Any,
+) -> AsyncIterator[StreamService]:
+    """A started StreamService on in-memory fakes and the real in-process hub."""
+    settings.setdefault("data_dir", Path("/nonexistent/weft-unit"))
+    settings.setdefault("durability", {"fsync": "never"})
+    service = StreamService(
+        settings=Settings.model_validate(settings),
+        store=store or MemorySegmentStore(),
+        repo=repo or MemoryMetadataRepo(),
+        hub=MemoryHub(),
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+async def produce(service: StreamService, stream_id: str | None, *chunks: bytes, **kw: Any) -> str:
+    """Create a stream, append chunks and complete it; return its id."""
+    info, _ = await service.create(stream_id, kw.pop("metadata", {}), **kw)
+    async with service.producer(info.id) as producer:
+        for chunk in chunks:
+            await producer.append(chunk)
+        await producer.complete()
+    return info.id
