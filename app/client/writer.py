@@ -1,0 +1,363 @@
+"""The resumable producer (SPEC §2, §4): write bytes as they come, never lose one.
+
+``write()`` puts bytes in a bounded SendBuffer and returns; a sender thread
+streams the buffer to ``POST /stream[/{id}]`` as chunked frames and, after a
+drop or a server restart, asks ``HEAD`` for ``Upload-Offset`` and resumes with
+``PATCH`` under exponential backoff. A byte leaves the buffer only once the
+server has reported it stored (``Upload-Offset`` of a HEAD or PATCH, or the
+POST's final size); while a long request is still open an acknowledger thread
+asks HEAD whenever the buffer is half full. A full buffer blocks ``write()``:
+back-pressure, never loss.
+
+Known limit: if a POST drops after the server created the stream but before
+its 201 arrived, the retried POST of a named stream without ``force`` gets 409
+(the client cannot tell that stream is its own) and ends with StreamRefused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from app.client.acker import acknowledge_while_sending
+from app.client.buffer import SendBuffer
+from app.client.common import Backoff, Endpoint, StreamResult, encode_metadata, head
+from app.client.errors import (
+    ClientError,
+    RetriesExhausted,
+    Retryable,
+    StreamRefused,
+    is_retryable_status,
+    server_message,
+)
+from app.client.wire import Cancelled, Connection, ResponseParser, exchange, request_head
+
+log = logging.getLogger("weft.client")
+
+DEFAULT_BUFFER = 8 * 1024 * 1024
+LONG_CONNECTION = 2.0  # a connection that lived this long was accepted: reset the retries
+
+
+class StreamWriter:
+    """A resumable producer for one stream. ``write()`` is thread-safe; the
+    callbacks ``on_created(id)`` and ``on_retry(attempt, delay, reason)`` run on
+    the sender thread.
+
+    ``with StreamWriter(url, "build-7") as w: w.write(b"...")`` completes the
+    stream on a clean exit and leaves it live (resumable) on an exception.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        stream_id: str | None = None,
+        *,
+        token: str | None = None,
+        force: bool = False,
+        metadata: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
+        buffer_bytes: int = DEFAULT_BUFFER,
+        linger: float = 0.002,
+        timeout: float = 60.0,
+        on_created: Callable[[str], None] | None = None,
+        on_retry: Callable[[int, float, str], None] | None = None,
+    ) -> None:
+        self.endpoint = Endpoint(url, token)
+        self.backoff = backoff or Backoff()
+        self._force, self._metadata = force, encode_metadata(metadata)
+        self._timeout = timeout
+        self._on_created, self._on_retry = on_created, on_retry
+        self._buffer = SendBuffer(buffer_bytes, linger)
+        self._cond = self._buffer.cond  # one lock for the buffer and the state below
+        self._id = stream_id
+        self._started = self._created = self._done = False
+        self._result: StreamResult | None = None
+        self._error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._run, name="weft-sender", daemon=True),
+            threading.Thread(target=self._acknowledge, name="weft-acker", daemon=True),
+        ]
+
+    # -- the producer's side --------------------------------------------------
+
+    def start(self) -> StreamWriter:
+        """Connect now: the POST goes out before any byte is written."""
+        with self._cond:
+            if not self._started:
+                self._started = True
+                for thread in self._threads:
+                    thread.start()
+        return self
+
+    @property
+    def stream_id(self) -> str | None:
+        """The id, once the server created the stream (or the one asked for)."""
+        return self._id
+
+    @property
+    def created(self) -> bool:
+        """Whether the server has answered 201: the stream exists and is ours to resume."""
+        return self._created
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        with self._cond:
+            return self._buffer.total
+
+    def wait_created(self, timeout: float | None = None) -> str:
+        """Block until the server answered 201 and return the id; raise if it refused."""
+        self.start()
+        with self._cond:
+            self._cond.wait_for(lambda: self._created or self._done, timeout)
+            if self._created and self._id is not None:
+                return self._id
+            if self._error is not None:
+                raise self._error
+        raise TimeoutError("the server has not created the stream yet")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue data; blocks while the buffer of unacknowledged bytes is full."""
+        view = memoryview(data).cast("B")
+        self.start()
+        buffer = self._buffer
+        while view:
+            with self._cond:
+                self._cond.wait_for(lambda: self._done or len(buffer.data) < buffer.capacity)
+                self._check_writable()
+                taken = buffer.put(view)
+            view = view[taken:]
+
+    def try_write(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue what fits without blocking; return how many bytes were taken."""
+        self.start()
+        with self._cond:
+            self._check_writable()
+            return self._buffer.put(memoryview(data).cast("B"))
+
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._buffer.eof or self._done:
+            raise ClientError("The stream writer is closed.")
+
+    def finish(self) -> None:
+        """End of input: the stream completes once every byte is stored."""
+        self.start()
+        with self._cond:
+            self._buffer.finish()
+
+    def wait(self, timeout: float | None = None) -> StreamResult:
+        """Block until the stream is complete (return the server's report) or failed (raise)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            if self._result is not None:
+                return self._result
+            if self._error is not None:
+                raise self._error
+        raise TimeoutError("the stream is not complete yet")
+
+    def close(self) -> StreamResult:
+        """``finish()`` then ``wait()``."""
+        self.finish()
+        return self.wait()
+
+    def abort(self, timeout: float | None = None) -> None:
+        """Drop the connection without completing: the stream stays live (resumable).
+        Waits up to ``timeout`` for the threads (a connect in progress ends first)."""
+        with self._cond:
+            self._buffer.cancel()
+            if not self._started:
+                self._started = self._done = True
+                self._buffer.stop()
+                return
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def __enter__(self) -> StreamWriter:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _acknowledge(self) -> None:
+        acknowledge_while_sending(
+            self._buffer,
+            self.endpoint,
+            stream_id=lambda: self._id if self._created else None,
+            finished=lambda: self._done,
+            timeout=self._timeout,
+        )
+
+    # -- the sender thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        result: StreamResult | None = None
+        error: BaseException | None = None
+        try:
+            with httpx.Client(base_url=self.endpoint.origin, timeout=self._timeout) as http:
+                result = self._drive(http)
+        except Cancelled:
+            error = ClientError("The stream writer was aborted; the stream stays live.")
+        except BaseException as exc:  # handed to the producer's thread by wait()
+            error = exc
+        with self._cond:
+            self._result, self._error, self._done = result, error, True
+            self._buffer.stop()
+
+    def _drive(self, http: httpx.Client) -> StreamResult:
+        failures = 0
+        while True:
+            progress, started = self._buffer.progress, time.monotonic()
+            try:
+                result = self._resume(http) if self._created else self._post()
+                if result is not None:
+                    return result
+                continue  # a PATCH ended at end of input; the completing one follows
+            except Retryable as exc:
+                lasted = time.monotonic() - started > LONG_CONNECTION
+                if lasted or self._buffer.progress != progress:
+                    failures = 0
+                if failures >= self.backoff.retries:
+                    raise RetriesExhausted(
+                        f"Gave up after {self.backoff.retries} retries: {exc}"
+                    ) from exc
+                delay = self.backoff.delay(failures)
+                failures += 1
+                log.info("stream_retry attempt=%d delay=%.3f reason=%s", failures, delay, exc)
+                if self._on_retry is not None:
+                    self._on_retry(failures, delay, str(exc))
+                with self._cond:
+                    if self._cond.wait_for(self._buffer.cancelled, delay):
+                        raise Cancelled from exc
+
+    def _send(self, method: str, path: str, extra: dict[str, str]) -> ResponseParser:
+        headers = self.endpoint.headers()
+        headers["Host"] = self.endpoint.host_header
+        headers["Content-Type"] = "application/octet-stream"
+        headers["Transfer-Encoding"] = "chunked"
+        headers["Connection"] = "close"
+        headers.update(extra)
+        conn = Connection.open(self.endpoint, self._timeout)
+        try:
+            return exchange(
+                conn,
+                request_head(method, path, headers),
+                self._buffer,
+                wake_fd=self._buffer.wake_r,
+                on_head=self._on_post_head if method == "POST" else (lambda _response: False),
+                io_timeout=self._timeout,
+            )
+        finally:
+            conn.close()
+
+    def _post(self) -> StreamResult:
+        with self._cond:
+            self._buffer.rewind(0)
+        path = self.endpoint.path(self._id) + ("?force=true" if self._force else "")
+        extra = {"X-Stream-Metadata": self._metadata} if self._metadata is not None else {}
+        response = self._send("POST", path, extra)
+        if response.status != 201:
+            raise self._failure(response, taken_is_final=True)
+        body = _json(response.body)
+        if "error" in body or "size" not in body:
+            # An error after the 201 (size limit, disk full) is the server's last
+            # word on this stream.
+            raise ClientError(f"The server stopped the stream: {body.get('error', body)}")
+        with self._cond:
+            self._buffer.acknowledge(int(body["size"]))
+        return self._finished(
+            StreamResult(str(body["id"]), int(body["size"]), body.get("sha256"), body["state"])
+        )
+
+    def _on_post_head(self, response: ResponseParser) -> bool:
+        if response.status != 201:
+            return False  # a refusal: stop sending and read why
+        stream_id = response.headers.get("x-stream-id") or self._id
+        with self._cond:
+            self._id, self._created = stream_id, True
+            self._buffer.progress += 1
+            self._cond.notify_all()
+        if self._on_created is not None and stream_id is not None:
+            self._on_created(stream_id)
+        return True
+
+    def _resume(self, http: httpx.Client) -> StreamResult | None:
+        assert self._id is not None
+        info = head(http, self.endpoint, self._id)
+        buffer = self._buffer
+        with self._cond:
+            total, final = buffer.total, buffer.eof
+            if info.state != "live":
+                if info.state == "complete" and final and info.offset == total:
+                    buffer.acknowledge(total)  # the last answer was lost, not the bytes
+                    return self._finished(info.result(self._id))
+                raise ClientError(
+                    f"The stream {self._id} is {info.state} with {info.offset} of {total} "
+                    "bytes; it can no longer be resumed."
+                )
+            if not buffer.base <= info.offset <= buffer.high:
+                raise ClientError(
+                    f"The server has {info.offset} bytes of stream {self._id}, but "
+                    f"{buffer.base} were confirmed stored and {buffer.high} sent; cannot resume."
+                )
+            buffer.rewind(info.offset)
+        extra = {"Upload-Offset": str(info.offset)}
+        if final:
+            extra["Upload-Complete"] = "?1"
+        response = self._send("PATCH", self.endpoint.path(self._id), extra)
+        if response.status != 204:
+            raise self._failure(response, taken_is_final=False)
+        offset = response.headers.get("upload-offset", "")
+        with self._cond:
+            if offset.isdigit():
+                buffer.acknowledge(int(offset))
+        if not final:
+            return None
+        done = head(http, self.endpoint, self._id)
+        if done.state != "complete":
+            raise Retryable(f"the stream is still {done.state} after its final PATCH")
+        return self._finished(done.result(self._id))
+
+    def _failure(self, response: ResponseParser, *, taken_is_final: bool) -> Exception:
+        """409 on a POST is "id taken" (final); on a PATCH it is another producer
+        still attached or an offset that moved (retried after a fresh HEAD)."""
+        status = response.status or 0
+        message = server_message(status, bytes(response.body), response.reason)
+        if status == 409 and taken_is_final:
+            return StreamRefused(status, message)
+        if is_retryable_status(status):
+            return Retryable(f"HTTP {status}: {message}")
+        return StreamRefused(status, message)
+
+    def _finished(self, result: StreamResult) -> StreamResult:
+        with self._cond:
+            total = self._buffer.total
+        if result.state != "complete" or result.size != total:
+            raise ClientError(
+                f"The server reports the stream {result.state} with {result.size} bytes, "
+                f"but {total} were written."
+            )
+        return result
+
+
+def _json(body: bytes | bytearray) -> dict[str, Any]:
+    try:
+        parsed = json.loads(bytes(body))
+    except ValueError:
+        return {"error": "the server's answer is not JSON"}
+    return parsed if isinstance(parsed, dict) else {"error": "the server's answer is not an object"}

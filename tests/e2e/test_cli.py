@@ -1,0 +1,250 @@
+"""bin/stream as a subprocess against a real server (SPEC §9).
+
+stdin is fed slowly from the test: a line is written, and the test waits until
+a reader sees it before it writes more or closes stdin, which proves bytes
+travel before EOF.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from tests.server import ServerProcess
+
+BIN = Path(__file__).resolve().parents[2] / "bin" / "stream"
+DEADLINE = 15.0
+
+
+class Cli:
+    """A running ``bin/stream`` with its stderr collected line by line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        environ = {k: v for k, v in os.environ.items() if k != "WEFT_TOKEN"}
+        environ.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BIN), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environ,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        self.stdout = b""
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        self._threads = [
+            threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True),
+            threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode()
+            self.stderr.append(line)
+            self.lines.put(line.rstrip("\n"))
+
+    def _read_stdout(self, stream: IO[bytes]) -> None:
+        self.stdout = stream.read()
+
+    def next_line(self, timeout: float = DEADLINE) -> str:
+        return self.lines.get(timeout=timeout)
+
+    def feed(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 30.0) -> int:
+        """Close stdin (unless the process already left) and wait for the exit status."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it exited before reading everything (a refusal)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        status = self.proc.wait(timeout)
+        for thread in self._threads:
+            thread.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr, self.proc.stdin):
+            if stream is not None and not stream.closed:
+                try:
+                    stream.close()
+                except BrokenPipeError:
+                    pass
+        return status
+
+    @property
+    def error_text(self) -> str:
+        return "".join(self.stderr)
+
+
+@pytest.fixture
+def cli() -> Iterator[Callable[..., Cli]]:
+    started: list[Cli] = []
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Cli:
+        started.append(Cli(*args, env=env))
+        return started[-1]
+
+    yield run
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+        proc.wait(10)
+
+
+def wait_for_content(
+    client: httpx.Client, stream_id: str, expected: bytes, headers: dict[str, str] | None = None
+) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        response = client.get(f"/stream/{stream_id}?notail", headers=headers)
+        if response.status_code == 200 and response.content == expected:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"stream {stream_id} never held {expected!r}")
+
+
+def stored_size(client: httpx.Client, stream_id: str) -> int:
+    try:
+        response = client.head(f"/stream/{stream_id}")
+    except httpx.TransportError:
+        return -1
+    return int(response.headers.get("upload-offset", -1))
+
+
+def test_id_on_stderr_and_each_line_visible_before_eof(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "cli-live", "--metadata", '{"job": "lint", "build": 1}')
+    proc.feed(b"")  # nothing written yet: the id must still come at once
+    assert proc.next_line() == "cli-live"
+    proc.feed(b"first line\n")
+    wait_for_content(client, "cli-live", b"first line\n")
+    assert client.head("/stream/cli-live").headers["x-stream-state"] == "live"
+    proc.feed(b"second line\n")
+    wait_for_content(client, "cli-live", b"first line\nsecond line\n")
+    assert proc.finish() == 0, proc.error_text
+    info = client.get("/streams/cli-live").json()
+    assert info["state"] == "complete"
+    assert info["size"] == len(b"first line\nsecond line\n")
+    assert info["metadata"] == {"job": "lint", "build": 1}
+
+
+def test_generated_id_meta_and_tee(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(
+        server.url, "--tee", "--metadata", '{"a": 1, "b": 2}', "--meta", "b=x", "--meta", "c="
+    )
+    stream_id = proc.next_line()
+    proc.feed(b"tee me\n")
+    wait_for_content(client, stream_id, b"tee me\n")
+    assert proc.finish() == 0, proc.error_text
+    assert proc.stdout == b"tee me\n"
+    assert client.get(f"/streams/{stream_id}").json()["metadata"] == {"a": 1, "b": "x", "c": ""}
+
+
+def test_taken_id_is_refused_at_once_and_force_replaces(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    assert client.post("/stream/taken", content=b"old\n").status_code == 201
+    refused = cli(server.url, "taken")
+    # stdin stays open: a refusal must not wait for the end of the input.
+    assert refused.wait(DEADLINE) != 0
+    assert "already exists" in refused.error_text
+    assert client.get("/stream/taken").content == b"old\n"
+
+    forced = cli(server.url, "taken", "--force")  # Loom's form
+    assert forced.next_line() == "taken"
+    forced.feed(b"new\n")
+    assert forced.finish() == 0, forced.error_text
+    assert client.get("/stream/taken").content == b"new\n"
+
+
+def test_token_from_flag_or_environment_and_401_without(
+    server_factory: Callable[..., ServerProcess], cli: Callable[..., Cli]
+) -> None:
+    server = server_factory(tokens=["secret"])
+    auth = {"Authorization": "Bearer secret"}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        by_flag = cli(server.url, "by-flag", "--token", "secret")
+        by_env = cli(server.url, "by-env", env={"WEFT_TOKEN": "secret"})
+        for proc, stream_id in ((by_flag, "by-flag"), (by_env, "by-env")):
+            assert proc.next_line() == stream_id
+            proc.feed(b"authorised\n")
+            wait_for_content(client, stream_id, b"authorised\n", auth)
+            assert proc.finish() == 0, proc.error_text
+
+        anonymous = cli(server.url, "anon")
+        assert anonymous.wait(DEADLINE) != 0
+        assert "401" in anonymous.error_text
+        assert "token" in anonymous.error_text.lower()
+        assert "secret" not in anonymous.error_text
+        assert client.head("/stream/anon", headers=auth).status_code == 404
+
+
+def test_resumes_across_a_server_crash_with_identical_bytes(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    data = random.Random(7).randbytes(20 * 1024 * 1024)
+    proc = cli(server.url, "crash", "--min-delay", "0.2", "--max-delay", "1")
+    assert proc.next_line() == "crash"
+    fed = threading.Event()
+
+    def feed_steadily() -> None:
+        # About 8 MB/s: the crash lands in the middle of the input.
+        block = 64 * 1024
+        for start in range(0, len(data), block):
+            proc.feed(data[start : start + block])
+            time.sleep(0.008)
+        fed.set()
+
+    feeder = threading.Thread(target=feed_steadily, daemon=True)
+    feeder.start()
+    deadline = time.monotonic() + DEADLINE
+    while stored_size(client, "crash") < 4 * 1024 * 1024:
+        assert time.monotonic() < deadline, "the server never got 4 MiB"
+        time.sleep(0.02)
+    server.kill()
+    assert not fed.is_set(), "the input ended before the crash; the test proves nothing"
+    server.start()
+    feeder.join(DEADLINE * 2)
+    assert fed.is_set()
+    assert proc.finish(40) == 0, proc.error_text
+    assert "retry" in proc.error_text  # it did lose the connection
+    stored = client.get("/stream/crash")
+    assert stored.headers["x-stream-state"] == "complete"
+    assert len(stored.content) == len(data)
+    assert hashlib.sha256(stored.content).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_gives_up_with_status_1_when_the_server_stays_gone(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    args = ("gone", "--retries", "2", "--min-delay", "0.05", "--max-delay", "0.1")
+    proc = cli(server.url, *args)
+    assert proc.next_line() == "gone"
+    proc.feed(b"stored before the crash\n")
+    wait_for_content(client, "gone", b"stored before the crash\n")
+    server.kill()
+    proc.feed(b"never stored\n")
+    assert proc.finish(DEADLINE) == 1
+    assert "Gave up after 2 retries" in proc.error_text
