@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import health, manage, spy, streams
+from app.api import health, manage, spy, streams, tus
 from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
 from app.api.produce import ProduceEndpoint, ProduceRoute
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.append(ProduceRoute(path, produce, methods=["POST"]))
     app.include_router(streams.router)
     app.include_router(spy.router)
+    app.include_router(tus.router)
     app.include_router(manage.router)
     app.include_router(health.router)
     app.add_middleware(AccessLog, metrics=metrics)

@@ -1,0 +1,275 @@
+"""``/files/``: tus 1.0.0 resumable uploads (SPEC §10).
+
+A tus upload is a Weft stream with the same id: creation makes a live stream
+(``Upload-Length`` becomes its declared size, ``Upload-Metadata`` its
+metadata), each PATCH appends through the stream's one producer, and the domain
+completes the stream when its size reaches the declared length. Readers can
+tail ``/stream/{id}`` meanwhile. The wire format is in ``app.api.tus_headers``.
+
+Choices where tus leaves room:
+
+- Auth: POST, PATCH and HEAD need ``write`` (a producer needs the offset).
+  DELETE (termination) of an unfinished upload needs ``write`` (or ``admin``),
+  so an uploader can cancel its own upload; deleting a finished stream needs
+  ``admin``, as ``DELETE /stream/{id}`` does. OPTIONS needs no token (CORS preflights carry none).
+- A PATCH while another request writes the same upload: 423 Locked (as tusd;
+  tus clients retry it). Offset mismatch: 409 with the current ``Upload-Offset``.
+- An upload past ``Upload-Expires`` is an ``abandoned`` stream: HEAD and PATCH
+  answer 410 Gone (its bytes stay readable at ``/stream/{id}``).
+- A finished upload: HEAD reports ``Upload-Length`` = ``Upload-Offset`` = its
+  size; a PATCH at that offset answers 204 without storing anything, at any
+  other offset 409.
+- With ``Upload-Checksum`` the body (at most 64 MiB) is buffered and verified
+  before it is stored; without one it is stored chunk by chunk as it arrives.
+- ``POST /files/{id}`` with ``X-HTTP-Method-Override`` runs PATCH, HEAD or DELETE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import Receive
+
+from app.api.deps import ServiceDep, WriteAuth, require_write
+from app.api.errors import error_response
+from app.api.produce import pump
+from app.api.tus_headers import (
+    CHECKSUM_BODY_LIMIT,
+    Checksum,
+    UnsupportedMediaType,
+    UploadGone,
+    UploadLocked,
+    check_room,
+    decode_metadata,
+    encode_metadata,
+    http_date,
+    is_offset_octet_stream,
+    options_headers,
+    parse_checksum,
+    parse_size,
+    require_version,
+    response_headers,
+)
+from app.auth import Authenticator
+from app.errors import (
+    InvalidInput,
+    MethodNotAllowed,
+    OffsetMismatch,
+    StreamBusy,
+    StreamNotLive,
+    TooLarge,
+    WeftError,
+)
+from app.streams.models import StreamInfo, StreamState
+from app.streams.service import StreamService
+
+log = logging.getLogger("weft.api")
+
+
+class TusRoute(APIRoute):
+    """Checks Tus-Resumable first, renders WeftErrors (auth included) as the
+    JSON error, and puts the tus and CORS headers on every response."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                if request.method != "OPTIONS":
+                    require_version(request.headers)
+                response = await handler(request)
+            except WeftError as exc:
+                response = error_response(exc.status, exc.message, exc.headers)
+            response.headers.update(response_headers())
+            return response
+
+        return handle
+
+
+router = APIRouter(route_class=TusRoute)
+
+
+@router.options("/files")
+@router.options("/files/")
+@router.options("/files/{upload_id}")
+async def discover(request: Request) -> Response:
+    max_size = request.app.state.settings.limits.stream_bytes
+    return Response(status_code=204, headers=options_headers(max_size))
+
+
+@router.post("/files")
+@router.post("/files/")
+async def create_upload(request: Request, service: ServiceDep, _auth: WriteAuth) -> Response:
+    headers = request.headers
+    length = parse_size(headers.get("upload-length"), "Upload-Length")
+    defer = headers.get("upload-defer-length")
+    if defer is not None and defer.strip() != "1":
+        raise InvalidInput("Upload-Defer-Length must be 1.")
+    if (length is None) == (defer is None):
+        raise InvalidInput("Send either Upload-Length or Upload-Defer-Length: 1.")
+    limits = service.settings.limits
+    if length is not None and limits.stream_bytes is not None and length > limits.stream_bytes:
+        raise TooLarge(f"Upload-Length exceeds Tus-Max-Size of {limits.stream_bytes} bytes.")
+    metadata = decode_metadata(headers.get("upload-metadata"), limit=limits.metadata_bytes)
+    with_body = is_offset_octet_stream(headers)
+    checksum = parse_checksum(headers.get("upload-checksum")) if with_body else None
+    if with_body:
+        body = parse_size(headers.get("content-length"), "Content-Length")
+        check_room(
+            offset=0, body=body, total=length, limit=limits.stream_bytes, buffered=bool(checksum)
+        )
+    verified: bytes | None = None
+    if checksum is not None:
+        # Verify before creating: a mismatch leaves no upload behind.
+        verified = await _read_verified(request.receive, checksum)
+        if verified is None:
+            raise InvalidInput("The request ended before its body; no upload was created.")
+
+    info, _ = await service.create(None, metadata, expected_size=length)
+    size = 0
+    if length == 0:
+        await service.declare_size(info.id, 0)  # nothing to wait for: complete now
+    elif with_body:
+        async with service.producer(info.id) as producer:
+            if verified is None:
+                await pump(request.receive, producer)
+            elif verified:
+                await producer.append(verified)
+            size = producer.size
+    log.info("tus_upload_created stream_id=%s length=%s offset=%d", info.id, length, size)
+    created = {"Location": f"/files/{info.id}", "X-Stream-Id": info.id, "Upload-Offset": str(size)}
+    return Response(status_code=201, headers=created | _expiry(service, info.id))
+
+
+@router.head("/files/{upload_id}")
+async def upload_offset(upload_id: str, service: ServiceDep, _auth: WriteAuth) -> Response:
+    return await _head(service, upload_id)
+
+
+@router.patch("/files/{upload_id}")
+async def append_upload(
+    upload_id: str, request: Request, service: ServiceDep, _auth: WriteAuth
+) -> Response:
+    return await _patch(request, service, upload_id)
+
+
+@router.delete("/files/{upload_id}")
+async def terminate_upload(upload_id: str, request: Request, service: ServiceDep) -> Response:
+    return await _terminate(request, service, upload_id)
+
+
+@router.post("/files/{upload_id}")
+async def method_override(upload_id: str, request: Request, service: ServiceDep) -> Response:
+    method = request.headers.get("x-http-method-override", "").strip().upper()
+    if method == "DELETE":
+        return await _terminate(request, service, upload_id)
+    require_write(request)
+    if method == "PATCH":
+        return await _patch(request, service, upload_id)
+    if method == "HEAD":
+        return await _head(service, upload_id)
+    raise MethodNotAllowed("POST to an upload needs X-HTTP-Method-Override: PATCH, HEAD or DELETE.")
+
+
+async def _head(service: StreamService, upload_id: str) -> Response:
+    info = await service.info(upload_id)
+    if info.state is StreamState.ABANDONED:
+        raise UploadGone(upload_id)
+    headers = {"Upload-Offset": str(info.size), "Cache-Control": "no-store"}
+    total = info.size if info.state.finished else info.expected_size
+    if total is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(total)
+    metadata = encode_metadata(info.metadata)
+    if metadata is not None:
+        headers["Upload-Metadata"] = metadata
+    return Response(status_code=200, headers=headers | _expiry(service, upload_id))
+
+
+async def _patch(request: Request, service: StreamService, upload_id: str) -> Response:
+    headers = request.headers
+    if not is_offset_octet_stream(headers):
+        raise UnsupportedMediaType()
+    offset = parse_size(headers.get("upload-offset"), "Upload-Offset")
+    if offset is None:
+        raise InvalidInput("Upload-Offset is required.")
+    checksum = parse_checksum(headers.get("upload-checksum"))
+    length = parse_size(headers.get("upload-length"), "Upload-Length")
+    if length is not None and length < offset:
+        raise InvalidInput(f"Upload-Length {length} is less than Upload-Offset {offset}.")
+    info = await service.info(upload_id)
+    if info.state.finished:
+        return _finished(info, offset)
+    check_room(
+        offset=offset,
+        body=parse_size(headers.get("content-length"), "Content-Length"),
+        total=info.expected_size if info.expected_size is not None else length,
+        limit=service.settings.limits.stream_bytes,
+        buffered=checksum is not None,
+    )
+    try:
+        async with service.producer(upload_id, offset=offset) as producer:
+            if length is not None and length != info.expected_size:
+                await service.declare_size(upload_id, length)
+            if checksum is None:
+                await pump(request.receive, producer)
+            else:
+                verified = await _read_verified(request.receive, checksum)
+                if verified:
+                    await producer.append(verified)
+            size = producer.size
+    except StreamBusy:
+        raise UploadLocked(upload_id) from None
+    except StreamNotLive:  # it finished since service.info above
+        return _finished(await service.info(upload_id), offset)
+    return Response(
+        status_code=204, headers={"Upload-Offset": str(size)} | _expiry(service, upload_id)
+    )
+
+
+async def _terminate(request: Request, service: StreamService, upload_id: str) -> Response:
+    auth: Authenticator = request.app.state.auth
+    authorization = request.headers.get("authorization")
+    auth.require(authorization, "write", "admin")
+    info = await service.info(upload_id)
+    if info.state.finished:
+        auth.require(authorization, "admin")
+    await service.delete(upload_id)
+    log.info("tus_upload_terminated stream_id=%s size=%d", upload_id, info.size)
+    return Response(status_code=204)
+
+
+def _finished(info: StreamInfo, offset: int) -> Response:
+    if info.state is StreamState.ABANDONED:
+        raise UploadGone(info.id)
+    if offset != info.size:
+        raise OffsetMismatch(info.id, info.size)
+    return Response(status_code=204, headers={"Upload-Offset": str(info.size)})
+
+
+async def _read_verified(receive: Receive, checksum: Checksum) -> bytes | None:
+    """The whole body once it matches its checksum; None when the client left."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > CHECKSUM_BODY_LIMIT:
+            raise TooLarge(
+                f"A body with Upload-Checksum may be at most {CHECKSUM_BODY_LIMIT} bytes."
+            )
+        if not message.get("more_body", False):
+            break
+    checksum.verify(bytes(body))
+    return bytes(body)
+
+
+def _expiry(service: StreamService, upload_id: str) -> dict[str, str]:
+    expires = service.expires_at(upload_id)
+    return {"Upload-Expires": http_date(expires)} if expires is not None else {}
