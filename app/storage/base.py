@@ -84,7 +84,7 @@ class MetadataRepo(Protocol):
     async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
         """Remove the row (only the incarnation key, if given); return what was removed."""
 
-    async def list(self, query: ListQuery) -> list[StreamInfo]:
+    async def page(self, query: ListQuery) -> list[StreamInfo]:
         """Newest first."""
 
     async def live(self) -> list[StreamInfo]:
@@ -106,7 +106,8 @@ class MetadataRepo(Protocol):
 class Subscription(Protocol):
     """One stream's latest event. Only the newest matters, so nothing queues."""
 
-    latest: HubEvent | None
+    @property
+    def latest(self) -> HubEvent | None: ...
 
     async def wait(self, *, beyond: int, timeout: float | None) -> HubEvent | None:
         """Return the newest event not returned before, once its size is beyond

@@ -174,7 +174,8 @@ class SqlMetadataRepo:
     def _meta_text(self, name: str) -> ColumnElement[Any]:
         """A metadata value as the text a filter compares with (metadata_text)."""
         if not self._sqlite:
-            return StreamRow.meta[name].as_string()
+            text_value: ColumnElement[Any] = StreamRow.meta[name].as_string()
+            return text_value
         path = "$." + json.dumps(name)
         kind = func.json_type(StreamRow.meta, path)
         return case(
@@ -182,7 +183,7 @@ class SqlMetadataRepo:
             else_=cast(func.json_extract(StreamRow.meta, path), String),
         )
 
-    async def list(self, query: ListQuery) -> list[StreamInfo]:
+    async def page(self, query: ListQuery) -> list[StreamInfo]:
         conditions: list[ColumnElement[bool]] = []
         if query.state is not None:
             conditions.append(StreamRow.state == query.state.value)

@@ -7,7 +7,7 @@ repeats a byte, and a slow reader only falls behind on disk.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -50,7 +50,7 @@ class StreamReader:
         finally:
             self.metrics.live_readers.dec()
 
-    async def _replay(self, offset: int, end: int) -> AsyncIterator[bytes]:
+    async def _replay(self, offset: int, end: int) -> AsyncGenerator[bytes, None]:
         while offset < end:
             data = await self.store.read(self.info.key, offset, min(self.block, end - offset))
             if not data:
@@ -58,7 +58,7 @@ class StreamReader:
             offset += len(data)
             yield data
 
-    async def _tail(self) -> AsyncIterator[bytes]:
+    async def _tail(self) -> AsyncGenerator[bytes, None]:
         stream_id, key = self.info.id, self.info.key
         offset = self.start
         async with self.hub.subscribe(stream_id) as subscription:

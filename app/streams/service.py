@@ -388,7 +388,7 @@ class StreamService:
 
     async def list_page(self, query: ListQuery) -> tuple[list[StreamInfo], str | None]:
         """One page, newest first, and the cursor of the next page (None at the end)."""
-        rows = await self.repo.list(replace(query, limit=query.limit + 1))
+        rows = await self.repo.page(replace(query, limit=query.limit + 1))
         page = [self._with_live_size(info) for info in rows[: query.limit]]
         more = len(rows) > query.limit
         return page, encode_cursor(page[-1]) if more and page else None

@@ -123,7 +123,7 @@ class MemoryMetadataRepo:
             return None
         return self.rows.pop(stream_id)
 
-    async def list(self, query: ListQuery) -> builtins.list[StreamInfo]:
+    async def page(self, query: ListQuery) -> list[StreamInfo]:
         rows = sorted(self.rows.values(), key=lambda i: (_micros(i), i.id), reverse=True)
         out = []
         for info in rows:
