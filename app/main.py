@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import health, manage, spy, streams, tus
+from app.api import health, manage, spy, streams, tus, ui
 from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
 from app.api.produce import ProduceEndpoint, ProduceRoute
@@ -52,5 +52,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tus.router)
     app.include_router(manage.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
     app.add_middleware(AccessLog, metrics=metrics)
     return app
