@@ -43,6 +43,14 @@ def stream_headers(info: StreamInfo) -> dict[str, str]:
     return headers
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 §13.1.2: ``*`` or a list of tags, compared weakly."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 @router.head("/stream/{stream_id}")
 async def head_stream(stream_id: str, service: ServiceDep, _auth: HeadAuth) -> Response:
     info = await service.info(stream_id)
@@ -69,7 +77,8 @@ async def get_stream(
     if offset is not None:
         headers["X-Stream-Offset"] = str(offset)
     elif info.state.finished:
-        if request.headers.get("if-none-match") == headers.get("ETag"):
+        etag = headers.get("ETag")
+        if etag and etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         span = parse_range(request.headers.get("range"), info.size)
         if span is not None:

@@ -278,19 +278,21 @@ class StreamService:
         if data:
             if live.writer is None:
                 live.writer = await self.store.open_writer(live.info.key)
-            before = live.size
+            writer, before = live.writer, live.size
             try:
-                size = await live.writer.append(data)
+                await writer.append(data)
+                live.dirty = True
+                if self.settings.durability.fsync == "always":
+                    # The size is published only after the sync: a byte reported in
+                    # Upload-Offset then survives a crash of the machine.
+                    await writer.sync()
+                    live.dirty = False
             finally:
                 # Keep what was written even when the write failed part-way (disk full).
-                live.hasher.update(memoryview(data)[: live.writer.size - before])
-                live.size = live.writer.size
-            live.dirty = True
+                live.hasher.update(memoryview(data)[: writer.size - before])
+                live.size = writer.size
             self.metrics.bytes_in.inc(len(data))
-            if self.settings.durability.fsync == "always":
-                await live.writer.sync()
-                live.dirty = False
-            self.hub.publish(HubEvent(EventKind.PROGRESS, live.info.id, live.info.key, size))
+            self.hub.publish(HubEvent(EventKind.PROGRESS, live.info.id, live.info.key, live.size))
             self._maybe_checkpoint(live)
         if expected is not None and live.size == expected:
             await self._finish(live, StreamState.COMPLETE)

@@ -475,3 +475,23 @@ def test_notail_on_finished_stream_is_whole_content(
 ) -> None:
     stream_id, data, _ = finished
     assert get_bytes(client, stream_id) == data
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "status"),
+    [("{etag}", 304), ("*", 304), ('"other", W/{etag}', 304), ('"other"', 200), ("", 200)],
+)
+def test_if_none_match_on_finished_stream_is_304_when_a_tag_matches(
+    client: httpx.Client,
+    finished: tuple[str, bytes, dict[str, object]],
+    if_none_match: str,
+    status: int,
+) -> None:
+    stream_id, data, _ = finished
+    etag = '"' + hashlib.sha256(data).hexdigest() + '"'
+    response = client.get(
+        f"/stream/{stream_id}", headers={"If-None-Match": if_none_match.format(etag=etag)}
+    )
+    assert response.status_code == status
+    assert response.headers["etag"] == etag
+    assert response.content == (b"" if status == 304 else data)
