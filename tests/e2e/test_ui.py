@@ -606,9 +606,10 @@ def test_viewer_resumes_at_its_offset_after_a_server_restart(
             headers={"Upload-Offset": str(size), "Upload-Complete": "?1"},
         )
         assert response.status_code == 204, response.text
+    # The state badge and the text are painted separately: wait for both.
     wait_until(
         browser,
-        "the rest of the stream, once",
-        lambda d: visible_text(d, "#state") == "complete",
+        "the rest of the stream",
+        lambda d: visible_text(d, "#state") == "complete" and len(log_lines(d)) >= 2,
     )
     assert log_lines(browser) == ["before the restart", "after the restart"]
