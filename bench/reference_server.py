@@ -1,4 +1,4 @@
-"""The built-in reference for bench/ingest_replay.py when nginx is not installed.
+"""The static-file ceiling for the bench suite (bench/run.py) when nginx is not installed.
 
     python bench/reference_server.py ROOT
 

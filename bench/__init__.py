@@ -1,0 +1,1 @@
+"""Weft's benchmark suite: ``python -m bench`` (see bench/README.md)."""
