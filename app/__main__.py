@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import resource
 import sys
 
 import uvicorn
@@ -27,6 +28,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _raise_fd_limit() -> None:
+    """Every stream's producer, reader and files hold descriptors; a default soft
+    limit of 1024 would cap a server at a few hundred live streams."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="weft", description="Weft live stream server")
     parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
@@ -39,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"weft: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    _raise_fd_limit()
     if not settings.tokens and not _loopback(settings.host):
         log.warning(
             "no tokens configured: the API is open to anyone who can reach %s", settings.host

@@ -78,8 +78,9 @@ class MetadataRepo(Protocol):
         """Write state, size, digest and times of the row with info.id and info.key;
         a row that was replaced or deleted meanwhile is left alone."""
 
-    async def checkpoint(self, stream_id: str, key: str, size: int) -> None:
-        """Record the size of a row that is still live (and still that incarnation)."""
+    async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
+        """Record (stream id, key, size) for rows that are still live and still
+        that incarnation, in one transaction."""
 
     async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
         """Remove the row (only the incarnation key, if given); return what was removed."""

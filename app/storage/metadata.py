@@ -13,7 +13,9 @@ from sqlalchemy import (
     ColumnElement,
     Index,
     String,
+    Table,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -57,6 +59,9 @@ class StreamRow(Base):
         Index("ix_streams_state_created", "state", "created_us", "id"),
         Index("ix_streams_finished", "finished_us"),
     )
+
+
+STREAMS: Table = StreamRow.__table__  # type: ignore[assignment]
 
 
 def _us(value: datetime | None) -> int | None:
@@ -150,17 +155,21 @@ class SqlMetadataRepo:
                 .values(**values)
             )
 
-    async def checkpoint(self, stream_id: str, key: str, size: int) -> None:
-        async with self._write_lock, self._sessions.begin() as session:
-            await session.execute(
-                update(StreamRow)
-                .where(
-                    StreamRow.id == stream_id,
-                    StreamRow.key == key,
-                    StreamRow.state == StreamState.LIVE.value,
-                )
-                .values(size=size, updated_us=_us(utcnow()))
+    async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
+        table = STREAMS
+        statement = (
+            update(table)  # a Core executemany: one statement, many rows
+            .where(
+                table.c.id == bindparam("sid"),
+                table.c.key == bindparam("skey"),
+                table.c.state == StreamState.LIVE.value,
             )
+            .values(size=bindparam("ssize"), updated_us=bindparam("now"))
+        )
+        now = _us(utcnow())
+        rows = [{"sid": sid, "skey": key, "ssize": size, "now": now} for sid, key, size in sizes]
+        async with self._write_lock, self._engine.begin() as conn:
+            await conn.execute(statement, rows)
 
     async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
         async with self._write_lock, self._sessions.begin() as session:

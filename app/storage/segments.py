@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import anyio.to_thread
 
 from app.errors import NotReady, StreamNotFound
+
+
+def _read_fd_budget() -> int:
+    """Read descriptors to keep open: enough for every live stream's current
+    segment on a busy server, a quarter of the process's limit at most."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, min(8192, soft // 4))
 
 
 def _segment_name(index: int) -> str:
@@ -84,12 +93,36 @@ class LocalSegmentStore:
         self._root = root
         self._segment_bytes = segment_bytes
         root.mkdir(parents=True, exist_ok=True)
+        # Read descriptors shared by every reader (pread needs no position):
+        # a thousand tailing readers would otherwise open and close a file per chunk.
+        self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._fd_budget = _read_fd_budget()
+
+    def _read_fd(self, key: str, index: int) -> int | None:
+        slot = (key, index)
+        fd = self._fds.get(slot)
+        if fd is not None:
+            self._fds.move_to_end(slot)
+            return fd
+        try:
+            fd = os.open(f"{self._root}/{key}/{_segment_name(index)}", os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        self._fds[slot] = fd
+        if len(self._fds) > self._fd_budget:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _forget(self, key: str) -> None:
+        for slot in [slot for slot in self._fds if slot[0] == key]:
+            os.close(self._fds.pop(slot))
 
     def _dir(self, key: str) -> Path:
         return self._root / key
 
     async def create(self, key: str) -> None:
         directory = self._dir(key)
+        self._forget(key)
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
@@ -100,15 +133,10 @@ class LocalSegmentStore:
 
     async def read(self, key: str, offset: int, limit: int) -> bytes:
         index, start = divmod(offset, self._segment_bytes)
-        want = min(limit, self._segment_bytes - start)
-        try:
-            fd = os.open(self._dir(key) / _segment_name(index), os.O_RDONLY)
-        except FileNotFoundError:
+        fd = self._read_fd(key, index)
+        if fd is None:
             return b""
-        try:
-            return os.pread(fd, want, start)
-        finally:
-            os.close(fd)
+        return os.pread(fd, min(limit, self._segment_bytes - start), start)
 
     async def size(self, key: str) -> int:
         directory = self._dir(key)
@@ -122,6 +150,7 @@ class LocalSegmentStore:
         return last * self._segment_bytes + (directory / names[-1]).stat().st_size
 
     async def delete(self, key: str) -> None:
+        self._forget(key)
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._dir(key), ignore_errors=True))
 
     async def check(self) -> None:

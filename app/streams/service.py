@@ -59,7 +59,6 @@ class _Live:
     gone: bool = False  # deleted, replaced or finished: producers must stop
     ended: StreamState | None = None  # the state it finished in, if it did
     abandon_timer: asyncio.TimerHandle | None = None
-    checkpointed_at: float = 0.0
     dirty: bool = False  # appended since the last fsync
     expires_at: datetime | None = None  # when the abandon timer fires
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # state transitions
@@ -109,6 +108,7 @@ class StreamService:
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._unsaved: set[_Live] = set()  # size changed since the last checkpoint
 
     # -- start and stop ---------------------------------------------------------
 
@@ -116,6 +116,7 @@ class StreamService:
         await self.repo.start()
         await self.events.start(self.hub)
         await self.recover()
+        self._background.append(asyncio.create_task(self._checkpoint_periodically()))
         if self.settings.durability.fsync == "interval":
             self._background.append(asyncio.create_task(self._flush_periodically()))
         if self.settings.retention.complete_after is not None:
@@ -293,7 +294,7 @@ class StreamService:
                 live.size = writer.size
             self.metrics.bytes_in.inc(len(data))
             self.hub.publish(HubEvent(EventKind.PROGRESS, live.info.id, live.info.key, live.size))
-            self._maybe_checkpoint(live)
+            self._unsaved.add(live)
         if expected is not None and live.size == expected:
             await self._finish(live, StreamState.COMPLETE)
         if over:
@@ -450,15 +451,24 @@ class StreamService:
         if not task.cancelled() and task.exception() is not None:
             log.error("background_task_failed", exc_info=task.exception())
 
-    def _maybe_checkpoint(self, live: _Live) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - live.checkpointed_at >= self.settings.checkpoint_interval:
-            live.checkpointed_at = now
-            self._spawn(self._checkpoint(live))
-
     async def _checkpoint(self, live: _Live) -> None:
+        self._unsaved.discard(live)
         if not live.gone:
-            await self.repo.checkpoint(live.info.id, live.info.key, live.size)
+            await self.repo.checkpoint([(live.info.id, live.info.key, live.size)])
+
+    async def _save_sizes(self) -> None:
+        """One transaction for every stream written since the last checkpoint:
+        with a thousand live streams, a row update per stream per second would
+        cost more than all their bytes."""
+        batch, self._unsaved = self._unsaved, set()
+        entries = [(live.info.id, live.info.key, live.size) for live in batch if not live.gone]
+        if entries:
+            await self.repo.checkpoint(entries)
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval)
+            await self._save_sizes()
 
     async def _close_writer(self, live: _Live, *, sync: bool) -> None:
         writer, live.writer = live.writer, None

@@ -112,10 +112,11 @@ class MemoryMetadataRepo:
             expected_size=info.expected_size,
         )
 
-    async def checkpoint(self, stream_id: str, key: str, size: int) -> None:
-        row = self.rows.get(stream_id)
-        if row is not None and row.key == key and row.state is StreamState.LIVE:
-            self.rows[stream_id] = row.with_changes(size=size, updated_at=utcnow())
+    async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
+        for stream_id, key, size in sizes:
+            row = self.rows.get(stream_id)
+            if row is not None and row.key == key and row.state is StreamState.LIVE:
+                self.rows[stream_id] = row.with_changes(size=size, updated_at=utcnow())
 
     async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
         row = self.rows.get(stream_id)
