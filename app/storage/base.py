@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from app.streams.models import HubEvent, StreamInfo, StreamState
 
@@ -134,5 +134,3 @@ class Hub(Protocol):
 
     async def close(self) -> None: ...
 
-
-Metadata = dict[str, Any]

@@ -183,7 +183,3 @@ class HubEvent:
     size: int
     state: StreamState | None = None  # None after deletion
     info: StreamInfo | None = field(default=None, compare=False)
-
-    @property
-    def ends_readers(self) -> bool:
-        return self.kind in (EventKind.COMPLETED, EventKind.ABANDONED, EventKind.DELETED)
