@@ -59,7 +59,7 @@ async def test_wait_returns_lifecycle_event_even_without_new_bytes() -> None:
         hub.publish(lifecycle(EventKind.COMPLETED, "s", size=4))
         event = await sub.wait(beyond=4, timeout=1)
     assert event is not None and event.kind is EventKind.COMPLETED
-    assert event.ends_readers
+    assert event.size == 4
 
 
 async def test_wait_times_out_with_none() -> None:
