@@ -133,4 +133,3 @@ class Hub(Protocol):
         ended (its iteration stops)."""
 
     async def close(self) -> None: ...
-
