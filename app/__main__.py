@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import resource
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     _raise_fd_limit()
+    # Every chunk allocates a few short-lived objects; with thousands of
+    # connections the default thresholds run full collections often enough to
+    # stall every stream for tens of milliseconds.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     if not settings.tokens and not _loopback(settings.host):
         log.warning(
             "no tokens configured: the API is open to anyone who can reach %s", settings.host
