@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -42,9 +42,9 @@ from app.streams.models import (
     validate_stream_id,
 )
 from app.streams.reader import StreamReader
+from app.streams.upkeep import every, recover_live
 
 log = logging.getLogger("weft.streams")
-HASH_BLOCK = 1 << 20
 
 
 @dataclass(eq=False)
@@ -116,11 +116,15 @@ class StreamService:
         await self.repo.start()
         await self.events.start(self.hub)
         await self.recover()
-        self._background.append(asyncio.create_task(self._checkpoint_periodically()))
+        periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = [
+            (self.settings.checkpoint_interval, self._save_sizes)
+        ]
         if self.settings.durability.fsync == "interval":
-            self._background.append(asyncio.create_task(self._flush_periodically()))
-        if self.settings.retention.complete_after is not None:
-            self._background.append(asyncio.create_task(self._enforce_retention()))
+            periodic.append((self.settings.durability.interval, self._sync_dirty))
+        keep = self.settings.retention.complete_after
+        if keep is not None:
+            periodic.append((min(keep / 2, 60.0), self._delete_expired))
+        self._background = [asyncio.create_task(every(s, work)) for s, work in periodic]
 
     async def close(self) -> None:
         for task in self._background:
@@ -138,28 +142,10 @@ class StreamService:
         await self.repo.close()
 
     async def recover(self) -> None:
-        """Rebuild every live stream from its segments: the files, not the
-        database's checkpoint, say how many bytes are stored."""
-        for info in await self.repo.live():
-            try:
-                size = await self.store.size(info.key)
-            except StreamNotFound:
-                await self.store.create(info.key)
-                size = 0
-            hasher = hashlib.sha256()
-            offset = 0
-            while offset < size:
-                data = await self.store.read(info.key, offset, HASH_BLOCK)
-                if not data:
-                    break
-                hasher.update(data)
-                offset += len(data)
-            recovered = info.with_changes(size=offset, updated_at=utcnow())
-            await self.repo.update(recovered)
-            live = _Live(info=recovered, size=offset, hasher=hasher)
-            self._live[info.id] = live
+        for item in await recover_live(self.store, self.repo):
+            live = _Live(info=item.info, size=item.info.size, hasher=item.hasher)
+            self._live[live.info.id] = live
             self._arm_abandon(live)
-            log.info("stream_recovered stream_id=%s size=%d", info.id, offset)
 
     # -- create -------------------------------------------------------------------
 
@@ -465,11 +451,6 @@ class StreamService:
         if entries:
             await self.repo.checkpoint(entries)
 
-    async def _checkpoint_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.checkpoint_interval)
-            await self._save_sizes()
-
     async def _close_writer(self, live: _Live, *, sync: bool) -> None:
         writer, live.writer = live.writer, None
         if writer is None:
@@ -478,23 +459,19 @@ class StreamService:
             await writer.sync()
         await writer.close()
 
-    async def _enforce_retention(self) -> None:
+    async def _delete_expired(self) -> None:
         """Delete finished streams older than retention.complete_after, as DELETE would."""
         keep = self.settings.retention.complete_after
         assert keep is not None
-        while True:
-            cutoff = utcnow() - timedelta(seconds=keep)
-            for info in await self.repo.finished_before(cutoff, limit=500):
-                if await self.repo.delete(info.id, info.key) is not None:
-                    await self._discard(info)
-                    log.info("stream_expired stream_id=%s", info.id)
-            await asyncio.sleep(min(keep / 2, 60.0))
+        cutoff = utcnow() - timedelta(seconds=keep)
+        for info in await self.repo.finished_before(cutoff, limit=500):
+            if await self.repo.delete(info.id, info.key) is not None:
+                await self._discard(info)
+                log.info("stream_expired stream_id=%s", info.id)
 
-    async def _flush_periodically(self) -> None:
-        interval = self.settings.durability.interval
-        while True:
-            await asyncio.sleep(interval)
-            for live in list(self._live.values()):
-                if live.dirty and live.writer is not None:
-                    live.dirty = False
-                    await live.writer.sync()
+    async def _sync_dirty(self) -> None:
+        """durability.fsync interval: what was written since the last round reaches the disk."""
+        for live in list(self._live.values()):
+            if live.dirty and live.writer is not None:
+                live.dirty = False
+                await live.writer.sync()
