@@ -5,50 +5,32 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
 
 import httpx
 
+from tests.e2e.helpers import (
+    RawConnection,
+    open_producer,
+    upload_offset,
+    wait_for,
+    wait_for_offset,
+)
 from tests.server import ServerProcess
 
-DEADLINE = 20.0
+
+def open_chunked_producer(port: int, stream_id: str) -> RawConnection:
+    conn, head = open_producer(port, f"/stream/{stream_id}")
+    assert head.status == 201, head
+    return conn
 
 
-def open_chunked_producer(port: int, stream_id: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(
-        f"POST /stream/{stream_id} HTTP/1.1\r\nHost: t\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = sock.recv(4096)
-        assert data, "server closed before answering"
-        head += data
-    assert head.startswith(b"HTTP/1.1 201"), head
-    return sock
-
-
-def send_chunk(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-
-
-def upload_offset(http: httpx.Client, stream_id: str) -> int:
-    response = http.head(f"/stream/{stream_id}")
-    assert response.status_code == 200, response
-    return int(response.headers["upload-offset"])
-
-
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+def stored(http: httpx.Client, stream_id: str) -> int:
+    offset = upload_offset(http, stream_id)
+    assert offset is not None, f"{stream_id} does not exist"
+    return offset
 
 
 def test_twenty_producers_survive_kill_9_and_resume_byte_identical(server: ServerProcess) -> None:
@@ -68,9 +50,9 @@ def test_twenty_producers_survive_kill_9_and_resume_byte_identical(server: Serve
                 # Send until the kill, but never the whole input: it must stay live.
                 while not stop.is_set() and sent[stream_id] < len(data) // 2:
                     piece = data[sent[stream_id] : sent[stream_id] + chunk_rng.randrange(1, 9000)]
-                    send_chunk(sock, piece)
+                    sock.send_chunk(piece)
                     sent[stream_id] += len(piece)
-                    acknowledged[stream_id] = upload_offset(http, stream_id)
+                    acknowledged[stream_id] = stored(http, stream_id)
             except (OSError, httpx.HTTPError):
                 assert killed.is_set(), "connection failed before the kill"
             finally:
@@ -85,12 +67,12 @@ def test_twenty_producers_survive_kill_9_and_resume_byte_identical(server: Serve
     server.kill()
     stop.set()
     for thread in threads:
-        thread.join(DEADLINE)
+        thread.join(20)
     server.start()
 
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for stream_id, data in inputs.items():
-            offset = upload_offset(http, stream_id)
+            offset = stored(http, stream_id)
             assert acknowledged[stream_id] <= offset <= sent[stream_id]
             state = http.get(f"/streams/{stream_id}").json()["state"]
             assert state == "live"
@@ -113,14 +95,14 @@ def test_recovered_stream_recomputes_digest_from_segments(
     server = server_factory(segment_bytes=4096)
     data = os.urandom(50_000)
     sock = open_chunked_producer(server.port, "recover-me")
-    send_chunk(sock, data[:30_000])
+    sock.send_chunk(data[:30_000])
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        wait_for(lambda: upload_offset(http, "recover-me") == 30_000, "30000 bytes stored")
+        wait_for_offset(http, "recover-me", 30_000)
     server.kill()
     sock.close()
     server.start()
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        assert upload_offset(http, "recover-me") == 30_000
+        assert stored(http, "recover-me") == 30_000
         response = http.patch(
             "/stream/recover-me",
             content=data[30_000:],
@@ -137,9 +119,9 @@ def test_dropped_producer_stream_is_abandoned_and_its_reader_ends(
 ) -> None:
     server = server_factory(abandon_after=1)
     sock = open_chunked_producer(server.port, "dropped")
-    send_chunk(sock, b"partial line")
+    sock.send_chunk(b"partial line")
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        wait_for(lambda: upload_offset(http, "dropped") == 12, "bytes stored")
+        wait_for_offset(http, "dropped", 12)
         with http.stream("GET", "/stream/dropped") as reader:
             sock.close()
             body = b"".join(reader.iter_bytes())
@@ -158,7 +140,7 @@ def test_connected_silent_producer_is_never_abandoned(
     server = server_factory(abandon_after=0.5)
     sock = open_chunked_producer(server.port, "compiling")
     try:
-        send_chunk(sock, b"step 1\n")
+        sock.send_chunk(b"step 1\n")
         with httpx.Client(base_url=server.url, timeout=10) as http:
             # Three abandon periods of silence while the producer stays connected.
             with http.stream("GET", "/stream/compiling?offset=7") as reader:
@@ -166,8 +148,8 @@ def test_connected_silent_producer_is_never_abandoned(
                 while time.monotonic() < deadline:
                     assert http.get("/streams/compiling").json()["state"] == "live"
                     time.sleep(0.1)
-                send_chunk(sock, b"step 2\n")
-                sock.sendall(b"0\r\n\r\n")
+                sock.send_chunk(b"step 2\n")
+                sock.end_chunks()
                 assert b"".join(reader.iter_bytes()) == b"step 2\n"
             assert http.get("/streams/compiling").json()["state"] == "complete"
     finally:
@@ -179,9 +161,9 @@ def test_live_stream_recovered_after_restart_is_abandoned_later(
 ) -> None:
     server = server_factory(abandon_after=1)
     sock = open_chunked_producer(server.port, "orphan")
-    send_chunk(sock, b"abc")
+    sock.send_chunk(b"abc")
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        wait_for(lambda: upload_offset(http, "orphan") == 3, "bytes stored")
+        wait_for_offset(http, "orphan", 3)
     server.kill()
     sock.close()
     server.start()
