@@ -100,9 +100,11 @@ async def resume_stream(
     complete = request.headers.get("upload-complete", "").strip() == "?1"
     length = content_length(request.headers)
     limit = service.settings.limits.stream_bytes
-    if limit is not None and length is not None and offset + length > limit:
-        raise TooLarge(f"The stream would exceed the limit of {limit} bytes.")
     async with service.producer(stream_id, offset=offset) as producer:
+        # Checked once the offset is known to be right: a wrong offset is the
+        # answer a resuming producer needs first (409 with Upload-Offset).
+        if limit is not None and length is not None and offset + length > limit:
+            raise TooLarge(f"The stream would exceed the limit of {limit} bytes.")
         if not await pump(request.receive, producer):
             return Response(status_code=204, headers={"Upload-Offset": str(producer.size)})
         size = producer.size

@@ -313,3 +313,19 @@ def test_producer_killed_by_server_crash_mid_write_resumes_from_reported_offset(
         read = http.get(f"/stream/{stream_id}")
         assert read.content == everything
         assert read.headers["etag"] == f'"{sha256_hex(everything)}"'
+
+
+def test_patch_with_wrong_offset_on_a_limited_server_is_409_before_413(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    for limited in module_server(tmp_path_factory.mktemp("limited"), limits={"stream_bytes": 100}):
+        with httpx.Client(base_url=limited.url, timeout=10) as http:
+            stream_id = unique_id("limited")
+            make_dropped_stream(http, limited.port, stream_id, b"0123456789")
+            wait_until_resumable(http, stream_id, 10)
+            wrong = patch(http, stream_id, "999999", b"x" * 200)
+            assert wrong.status_code == 409
+            assert wrong.headers["upload-offset"] == "10"
+            too_big = patch(http, stream_id, "10", b"x" * 200)
+            assert_json_error(too_big, 413)
+            assert_unchanged(http, stream_id, b"0123456789", "live")
