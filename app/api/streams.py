@@ -13,7 +13,7 @@ from app.api.deps import AdminAuth, HeadAuth, ServiceDep, StreamReadAuth, WriteA
 from app.api.produce import content_length, flag, pump
 from app.api.ranges import parse_range
 from app.errors import InvalidInput, TooLarge
-from app.streams.models import StreamInfo, StreamState, is_decimal
+from app.streams.models import StreamInfo, StreamState, is_decimal, rfc3339
 
 router = APIRouter()
 
@@ -31,6 +31,8 @@ def stream_headers(info: StreamInfo) -> dict[str, str]:
         "Content-Type": "application/octet-stream",
         "X-Stream-Id": info.id,
         "X-Stream-State": info.state.value,
+        # Tells a resuming reader that the stream was not replaced in between.
+        "X-Stream-Created": rfc3339(info.created_at) or "",
         # ensure_ascii keeps the header value ASCII; it decodes to the same JSON.
         "X-Stream-Metadata": json.dumps(info.metadata, separators=(",", ":")),
         "Cache-Control": "no-store" if info.state is StreamState.LIVE else "no-cache",

@@ -48,6 +48,21 @@ def _check(response: httpx.Response, body: bytes) -> None:
     raise StreamRefused(response.status_code, message)
 
 
+class _Incarnation:
+    """Which incarnation of the stream the bytes so far came from: a stream
+    replaced with ``force`` between two connections must not be spliced on."""
+
+    def __init__(self) -> None:
+        self.created: str | None = None
+
+    def check(self, response: httpx.Response) -> None:
+        created = response.headers.get("x-stream-created")
+        if self.created is None:
+            self.created = created
+        elif created != self.created:
+            raise StreamRefused(409, "The stream was replaced while it was being read.")
+
+
 def _ended(info: HeadInfo, offset: int) -> bool:
     """After a clean end of a chunked response: is the stream really over?"""
     if info.state == "live":
@@ -85,6 +100,7 @@ def tail(
     when the server stays unreachable."""
     endpoint = Endpoint(url, token)
     retries = _Retries(backoff or Backoff())
+    incarnation = _Incarnation()
     path = endpoint.path(stream_id)
     with httpx.Client(base_url=endpoint.origin, timeout=_timeout(timeout)) as http:
         while True:
@@ -93,6 +109,7 @@ def tail(
                 params = {"offset": str(offset)}
                 with http.stream("GET", path, params=params, headers=endpoint.headers()) as resp:
                     _check(resp, resp.read() if resp.status_code != 200 else b"")
+                    incarnation.check(resp)
                     finite = "content-length" in resp.headers
                     for chunk in resp.iter_raw():
                         offset += len(chunk)
@@ -116,6 +133,7 @@ async def atail(
     """The asyncio version of :func:`tail` (same contract), on httpx.AsyncClient."""
     endpoint = Endpoint(url, token)
     retries = _Retries(backoff or Backoff())
+    incarnation = _Incarnation()
     path = endpoint.path(stream_id)
     async with httpx.AsyncClient(base_url=endpoint.origin, timeout=_timeout(timeout)) as http:
         while True:
@@ -125,6 +143,7 @@ async def atail(
                 headers = endpoint.headers()
                 async with http.stream("GET", path, params=params, headers=headers) as resp:
                     _check(resp, await resp.aread() if resp.status_code != 200 else b"")
+                    incarnation.check(resp)
                     finite = "content-length" in resp.headers
                     async for chunk in resp.aiter_raw():
                         offset += len(chunk)

@@ -279,3 +279,30 @@ def test_tail_of_a_finished_stream_ends_after_its_bytes(
     client.post("/stream/done", content=b"0123456789")
     assert b"".join(tail(server.url, "done")) == b"0123456789"
     assert b"".join(tail(server.url, "done", offset=4)) == b"456789"
+
+
+def test_tail_refuses_to_splice_a_stream_replaced_while_it_was_read(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    writer = StreamWriter(server.url, "replaced", backoff=FAST).start()
+    try:
+        writer.write(b"old incarnation\n")
+        chunks = tail(server.url, "replaced", backoff=FAST)
+        assert next(chunks) == b"old incarnation\n"
+        # Replacing ends the old reader's response; its reconnect finds a new stream.
+        created = client.post("/stream/replaced?force=true", content=b"a longer new incarnation\n")
+        assert created.headers["x-stream-replaced"] == "true"
+        with pytest.raises(StreamRefused) as refused:
+            next(chunks)
+        assert refused.value.status == 409
+        assert "replaced" in refused.value.message
+    finally:
+        writer.abort()
+
+
+def test_stream_responses_name_their_incarnation(client: httpx.Client) -> None:
+    client.post("/stream/twice", content=b"one")
+    first = client.head("/stream/twice").headers["x-stream-created"]
+    assert first == client.get("/streams/twice").json()["created_at"]
+    client.post("/stream/twice?force=true", content=b"two")
+    assert client.get("/stream/twice").headers["x-stream-created"] != first
