@@ -287,6 +287,7 @@ def test_tail_refuses_to_splice_a_stream_replaced_while_it_was_read(
     writer = StreamWriter(server.url, "replaced", backoff=FAST).start()
     try:
         writer.write(b"old incarnation\n")
+        writer.wait_created(timeout=DEADLINE)  # the POST runs on the writer's thread
         chunks = tail(server.url, "replaced", backoff=FAST)
         assert next(chunks) == b"old incarnation\n"
         # Replacing ends the old reader's response; its reconnect finds a new stream.
