@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.helpers import module_server
 from tests.e2e.test_spy import RawProducer, SpyClient, unique, wait_until
 from tests.server import ServerProcess
 
@@ -31,10 +31,7 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    workdir: Path = tmp_path_factory.mktemp("auth")
-    server = ServerProcess(workdir, {"tokens": TOKENS}).start()
-    yield server
-    server.stop()
+    yield from module_server(tmp_path_factory.mktemp("auth"), tokens=TOKENS)
 
 
 @pytest.fixture

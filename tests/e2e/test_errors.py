@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.helpers import module_server
 from tests.e2e.test_spy import RawProducer, dechunk, parse_head, unique, wait_until
 from tests.server import ServerProcess, raw_request
 
@@ -32,14 +32,11 @@ class Answer:
 
 @pytest.fixture(scope="module")
 def error_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    workdir: Path = tmp_path_factory.mktemp("errors")
-    config = {
-        "tokens": [TOKEN, {"token": READER, "scopes": ["read"]}],
-        "limits": {"stream_bytes": LIMIT},
-    }
-    server = ServerProcess(workdir, config).start()
-    yield server
-    server.stop()
+    yield from module_server(
+        tmp_path_factory.mktemp("errors"),
+        tokens=[TOKEN, {"token": READER, "scopes": ["read"]}],
+        limits={"stream_bytes": LIMIT},
+    )
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.helpers import module_server
 from tests.e2e.test_spy import RawProducer, unique, wait_until
 from tests.server import ServerProcess
 
@@ -27,10 +27,7 @@ def moment(text: str) -> datetime:
 
 @pytest.fixture(scope="module")
 def manage_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    workdir: Path = tmp_path_factory.mktemp("manage")
-    server = ServerProcess(workdir, {}).start()
-    yield server
-    server.stop()
+    yield from module_server(tmp_path_factory.mktemp("manage"))
 
 
 @pytest.fixture

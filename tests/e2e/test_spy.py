@@ -12,12 +12,12 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.e2e.helpers import module_server
 from tests.server import ServerProcess
 
 ANSI = re.compile(r"\x1b\[[\d;]*m")
@@ -223,10 +223,7 @@ def from_line(lines: list[str], first: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def spy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    workdir: Path = tmp_path_factory.mktemp("spy")
-    server = ServerProcess(workdir, {}).start()
-    yield server
-    server.stop()
+    yield from module_server(tmp_path_factory.mktemp("spy"))
 
 
 @pytest.fixture
