@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from app.config import Settings
 from app.storage.base import Hub, MetadataRepo, SegmentStore
+from app.storage.memory_hub import MemoryHub
 from app.storage.metadata import SqlMetadataRepo
 from app.storage.segments import LocalSegmentStore
-from app.streams.hub import MemoryHub
 
 
 def build_backends(settings: Settings) -> tuple[SegmentStore, MetadataRepo, Hub]:

@@ -18,7 +18,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import StreamExists, StreamNotFound
 from app.storage.base import ListQuery
-from app.streams.hub import MemoryHub
+from app.storage.memory_hub import MemoryHub
 from app.streams.models import StreamInfo, StreamState, metadata_text, to_micros, utcnow
 from app.streams.service import StreamService
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.streams.hub import FEED_BACKLOG, MemoryHub
+from app.storage.memory_hub import FEED_BACKLOG, MemoryHub
 from app.streams.models import EventKind, HubEvent, StreamState
 
 SHORT = 0.05  # a wait that is expected to time out
