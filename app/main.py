@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from app.api import health, manage, spy, streams, tus, ui
 from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
+from app.api.paths import EncodedSlashGuard
 from app.api.produce import ProduceEndpoint, ProduceRoute
 from app.auth import Authenticator, Signer, load_signing_key
 from app.config import Settings, load_settings
@@ -53,5 +54,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(manage.router)
     app.include_router(health.router)
     app.include_router(ui.router)
+    app.add_middleware(EncodedSlashGuard)
     app.add_middleware(AccessLog, metrics=metrics)
     return app
