@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.config import Scope, TokenSpec
 from app.errors import Forbidden, Unauthorized
-from app.streams.models import is_decimal
+from app.streams.models import parse_count
 
 
 class Authenticator:
@@ -40,6 +40,13 @@ class Authenticator:
             raise Unauthorized("The bearer token is not valid.")
         return found
 
+    def allows(self, authorization: str | None, scope: Scope) -> bool:
+        """Whether the token (already checked by require) has the scope."""
+        try:
+            return scope in self.scopes_for(authorization)
+        except Unauthorized:
+            return False
+
     def require(self, authorization: str | None, *allowed: Scope) -> None:
         """Pass when the token has any of the allowed scopes. Raises Unauthorized or Forbidden."""
         scopes = self.scopes_for(authorization)
@@ -48,27 +55,40 @@ class Authenticator:
 
 
 class Signer:
-    """Share links: HMAC-SHA256 over the stream id and the expiry (SPEC §6)."""
+    """Share links: HMAC-SHA256 over the stream id, its incarnation and the expiry
+    (SPEC §6). The incarnation is the stream's storage key, new for every
+    creation, so a link dies with its stream: deleting or replacing the id ends it."""
 
     def __init__(self, key: bytes) -> None:
         self._key = key
 
-    def _mac(self, stream_id: str, expires: int) -> str:
-        message = f"{stream_id}\n{expires}".encode()
+    def _mac(self, stream_id: str, incarnation: str, expires: int) -> str:
+        message = f"{stream_id}\n{incarnation}\n{expires}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def sign(self, stream_id: str, ttl: float, now: float | None = None) -> tuple[int, str]:
+    def sign(
+        self, stream_id: str, incarnation: str, ttl: float, now: float | None = None
+    ) -> tuple[int, str]:
         expires = int((time.time() if now is None else now) + ttl)
-        return expires, self._mac(stream_id, expires)
+        return expires, self._mac(stream_id, incarnation, expires)
 
-    def verify(self, stream_id: str, expires: str | None, signature: str | None) -> None:
-        """Raise Forbidden unless the pair was signed for this stream and has not expired."""
-        if not expires or not signature or not is_decimal(expires):
+    def verify(
+        self,
+        stream_id: str,
+        incarnation: str | None,
+        expires: str | None,
+        signature: str | None,
+    ) -> None:
+        """Raise Forbidden unless the pair was signed for this incarnation of the
+        stream (None: there is none now) and has not expired; InvalidInput for an
+        expiry that is not a number."""
+        when = parse_count(expires, "expires")
+        if when is None or not signature or incarnation is None:
             raise Forbidden("This share link is not valid.")
-        expected = self._mac(stream_id, int(expires))
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
+        expected = self._mac(stream_id, incarnation, when)
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
             raise Forbidden("This share link is not valid.")
-        if int(expires) < time.time():
+        if when < time.time():
             raise Forbidden("This share link has expired.")
 
 

@@ -52,6 +52,50 @@ class MethodNotAllowed(WeftError):
     message = "Method not allowed."
 
 
+class UploadGone(WeftError):
+    """tus: an upload left idle past its Upload-Expires (its stream is abandoned)."""
+
+    status = 410
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(f"The upload with ID {upload_id} expired; start a new upload.")
+
+
+class PreconditionFailed(WeftError):
+    """tus: the request's Tus-Resumable names a version this server does not speak."""
+
+    status = 412
+
+    def __init__(self, version: str) -> None:
+        super().__init__(
+            f"This server speaks tus {version}: send 'Tus-Resumable: {version}'.",
+            headers={"Tus-Version": version},
+        )
+
+
+class UnsupportedMediaType(WeftError):
+    status = 415
+    message = "A PATCH body must have Content-Type application/offset+octet-stream."
+
+
+class UploadLocked(WeftError):
+    """tus: another request is writing the upload (tus clients retry a 423)."""
+
+    status = 423
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(f"The upload with ID {upload_id} is being written by another request.")
+
+
+class ChecksumMismatch(WeftError):
+    """tus checksum extension: the body does not match its Upload-Checksum."""
+
+    status = 460
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(f"The body does not match its {algorithm} Upload-Checksum; not stored.")
+
+
 class Conflict(WeftError):
     status = 409
     message = "The request conflicts with the stream's state."

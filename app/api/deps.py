@@ -19,35 +19,45 @@ def get_service(request: Request) -> StreamService:
     return service
 
 
-def authorize(request: Request, *scopes: Scope, stream_id: str | None = None) -> None:
-    """Let the request through on a bearer token with one of the scopes, or on a
-    share link for this very stream (GET and HEAD only). Raises Unauthorized or
-    Forbidden."""
+def authorize(request: Request, *scopes: Scope) -> None:
+    """Let the request through on a bearer token with one of the scopes. Raises
+    Unauthorized, or Forbidden (also for a share link used where it does not apply)."""
     authenticator: Authenticator = request.app.state.auth
-    query = request.query_params
-    if not any(name in query for name in SHARE_PARAMS):
-        authenticator.require(request.headers.get("authorization"), *scopes)
-        return
-    if stream_id is not None and request.method in ("GET", "HEAD"):
-        signer: Signer = request.app.state.signer
-        signer.verify(stream_id, query.get("expires"), query.get("signature"))
-        return
     try:
         authenticator.require(request.headers.get("authorization"), *scopes)
     except Unauthorized:
-        raise Forbidden("A share link only reads the stream it was made for.") from None
+        if any(name in request.query_params for name in SHARE_PARAMS):
+            raise Forbidden("A share link only reads the stream it was made for.") from None
+        raise
+
+
+async def authorize_stream(request: Request, stream_id: str, *scopes: Scope) -> None:
+    """authorize, or a share link for this very incarnation of the stream (GET and
+    HEAD only)."""
+    query = request.query_params
+    if request.method not in ("GET", "HEAD") or not any(n in query for n in SHARE_PARAMS):
+        authorize(request, *scopes)
+        return
+    found = await get_service(request).find(stream_id)
+    signer: Signer = request.app.state.signer
+    signer.verify(
+        stream_id,
+        found.key if found is not None else None,
+        query.get("expires"),
+        query.get("signature"),
+    )
 
 
 def require_read(request: Request) -> None:
     authorize(request, "read")
 
 
-def require_stream_read(request: Request, stream_id: str) -> None:
-    authorize(request, "read", stream_id=stream_id)
+async def require_stream_read(request: Request, stream_id: str) -> None:
+    await authorize_stream(request, stream_id, "read")
 
 
-def require_stream_head(request: Request, stream_id: str) -> None:
-    authorize(request, "read", "write", stream_id=stream_id)
+async def require_stream_head(request: Request, stream_id: str) -> None:
+    await authorize_stream(request, stream_id, "read", "write")
 
 
 def require_write(request: Request) -> None:

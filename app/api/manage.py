@@ -8,21 +8,27 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 
+from app.api.bodies import read_json
 from app.api.deps import AdminAuth, ReadAuth, ServiceDep, StreamReadAuth
 from app.api.spy import meta_filters
 from app.auth import Signer
+from app.errors import InvalidInput
 from app.streams.listing import build_query
-from app.streams.models import is_decimal, metadata_matches
+from app.streams.models import metadata_matches, parse_count
 
 router = APIRouter()
 HEARTBEAT_SECONDS = 15.0
 MAX_SHARE_TTL = 365 * 24 * 3600
 
 
-class ShareRequest(BaseModel):
-    ttl: float = Field(gt=0, le=MAX_SHARE_TTL)
+def share_ttl(body: Any) -> float:
+    """``{"ttl": seconds}``: a number (not a boolean) above 0 and at most a year."""
+    ttl = body.get("ttl") if isinstance(body, dict) else None
+    # bool is an int in Python, and true is not a number of seconds.
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_SHARE_TTL:
+        raise InvalidInput(f'The body must be {{"ttl": seconds}}, at most {MAX_SHARE_TTL}.')
+    return float(ttl)
 
 
 @router.get("/streams/{stream_id}")
@@ -32,7 +38,7 @@ async def stream_info(stream_id: str, service: ServiceDep, _auth: StreamReadAuth
 
 
 @router.get("/streams")
-async def list_streams(request: Request, service: ServiceDep, _auth: ReadAuth) -> dict[str, Any]:
+async def list_streams(request: Request, service: ServiceDep, _auth: ReadAuth) -> JSONResponse:
     query = request.query_params
     page, cursor = await service.list_page(
         build_query(
@@ -43,16 +49,20 @@ async def list_streams(request: Request, service: ServiceDep, _auth: ReadAuth) -
             cursor=query.get("cursor"),
         )
     )
-    return {"streams": [info.to_json() for info in page], "next": cursor}
+    # json.dumps, not FastAPI's pydantic serializer: that one gives up at 255
+    # levels of nesting, and one stream's deep metadata would break every list.
+    return JSONResponse({"streams": [info.to_json() for info in page], "next": cursor})
 
 
 @router.post("/streams/{stream_id}/share")
 async def share_stream(
-    stream_id: str, body: ShareRequest, request: Request, service: ServiceDep, _auth: ReadAuth
+    stream_id: str, request: Request, service: ServiceDep, _auth: ReadAuth
 ) -> dict[str, str]:
-    await service.info(stream_id)
+    # The body is read only here, after the token was checked (SPEC §7).
+    ttl = share_ttl(await read_json(request))
+    info = await service.info(stream_id)
     signer: Signer = request.app.state.signer
-    expires, signature = signer.sign(stream_id, body.ttl)
+    expires, signature = signer.sign(stream_id, info.key, ttl)
     params = f"expires={expires}&signature={signature}"
     return {
         "url": f"/stream/{stream_id}?{params}",
@@ -63,8 +73,7 @@ async def share_stream(
 
 @router.get("/events")
 async def events(request: Request, service: ServiceDep, _auth: ReadAuth) -> StreamingResponse:
-    last = request.headers.get("last-event-id", "").strip()
-    after = int(last) if is_decimal(last) else None
+    after = parse_count(request.headers.get("last-event-id") or None, "Last-Event-ID")
     filters = meta_filters(request)
 
     async def body() -> AsyncIterator[bytes]:

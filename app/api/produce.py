@@ -19,8 +19,9 @@ from starlette.routing import Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.deps import authorize
-from app.errors import InvalidInput, TooLarge, WeftError
-from app.streams.models import StreamInfo, is_decimal, parse_metadata
+from app.auth import Authenticator
+from app.errors import Forbidden, StreamExists, WeftError
+from app.streams.models import StreamInfo, parse_count, parse_metadata
 from app.streams.service import Producer, StreamService
 
 log = logging.getLogger("weft.api")
@@ -33,12 +34,7 @@ def flag(query: QueryParams, name: str) -> bool:
 
 
 def content_length(headers: Headers) -> int | None:
-    raw = headers.get("content-length")
-    if raw is None:
-        return None
-    if not is_decimal(raw):
-        raise InvalidInput("Content-Length must be a non-negative integer.")
-    return int(raw)
+    return parse_count(headers.get("content-length"), "Content-Length")
 
 
 def summary(info: StreamInfo) -> dict[str, Any]:
@@ -81,12 +77,21 @@ class ProduceEndpoint:
         stream_id = scope.get("path_params", {}).get("stream_id") or None
         raw_metadata = _raw_header(scope, b"x-stream-metadata")
         metadata = parse_metadata(raw_metadata, limit=service.settings.limits.metadata_bytes)
-        length = content_length(headers)
-        limit = service.settings.limits.stream_bytes
-        if limit is not None and length is not None and length > limit:
-            raise TooLarge(f"The body of {length} bytes exceeds the limit of {limit} bytes.")
+        service.check_fits(content_length(headers))
 
-        info, replaced = await service.create(stream_id, metadata, force=flag(query, "force"))
+        force = flag(query, "force")
+        # Replacing destroys a stream, so it takes the admin scope too; on a free
+        # id force changes nothing and write is enough (SPEC §6).
+        authenticator: Authenticator = app.state.auth
+        may_replace = force and authenticator.allows(headers.get("authorization"), "admin")
+        try:
+            info, replaced = await service.create(stream_id, metadata, force=may_replace)
+        except StreamExists:
+            if force:
+                raise Forbidden(
+                    "Replacing an existing stream needs a token with admin scope."
+                ) from None
+            raise
         async with service.producer(info.id) as producer:
             first: Message | None = None
             if headers.get("expect", "").lower() == "100-continue":

@@ -7,6 +7,9 @@ import re
 from app.errors import RangeNotSatisfiable
 
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+# Any byte position below 2**63 has at most 19 significant digits; a longer
+# number makes the header unparsable (ignored), so int() never meets 5,000 digits.
+_DIGITS = 19
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -21,6 +24,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = match.groups()
     if not first and not last:
         return None
+    if any(len(number.lstrip("0")) > _DIGITS for number in (first, last)):
+        return None
+    first, last = (number.lstrip("0") or "0" if number else "" for number in (first, last))
     if not first:  # suffix: the last N bytes
         length = int(last)
         if length == 0:

@@ -12,18 +12,10 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import AdminAuth, HeadAuth, ServiceDep, StreamReadAuth, WriteAuth
 from app.api.produce import content_length, flag, pump
 from app.api.ranges import parse_range
-from app.errors import InvalidInput, TooLarge
-from app.streams.models import StreamInfo, StreamState, is_decimal, rfc3339
+from app.errors import InvalidInput
+from app.streams.models import StreamInfo, StreamState, parse_count, rfc3339
 
 router = APIRouter()
-
-
-def _offset(raw: str | None, name: str = "offset") -> int | None:
-    if raw is None:
-        return None
-    if not is_decimal(raw):
-        raise InvalidInput(f"{name} must be a non-negative integer.")
-    return int(raw)
 
 
 def stream_headers(info: StreamInfo) -> dict[str, str]:
@@ -71,7 +63,7 @@ async def get_stream(
     stream_id: str, request: Request, service: ServiceDep, _auth: StreamReadAuth
 ) -> Response:
     query = request.query_params
-    offset = _offset(query.get("offset"))
+    offset = parse_count(query.get("offset"), "offset")
     reader = await service.reader(stream_id, offset=offset or 0, tail=not flag(query, "notail"))
     info = reader.info
     headers = stream_headers(info)
@@ -96,17 +88,15 @@ async def get_stream(
 async def resume_stream(
     stream_id: str, request: Request, service: ServiceDep, _auth: WriteAuth
 ) -> Response:
-    offset = _offset(request.headers.get("upload-offset"), "Upload-Offset")
+    offset = parse_count(request.headers.get("upload-offset"), "Upload-Offset")
     if offset is None:
         raise InvalidInput("Upload-Offset is required to resume a stream.")
     complete = request.headers.get("upload-complete", "").strip() == "?1"
     length = content_length(request.headers)
-    limit = service.settings.limits.stream_bytes
     async with service.producer(stream_id, offset=offset) as producer:
         # Checked once the offset is known to be right: a wrong offset is the
         # answer a resuming producer needs first (409 with Upload-Offset).
-        if limit is not None and length is not None and offset + length > limit:
-            raise TooLarge(f"The stream would exceed the limit of {limit} bytes.")
+        service.check_fits(None if length is None else offset + length)
         if not await pump(request.receive, producer):
             return Response(status_code=204, headers={"Upload-Offset": str(producer.size)})
         size = producer.size

@@ -40,9 +40,6 @@ from app.api.produce import pump
 from app.api.tus_headers import (
     CHECKSUM_BODY_LIMIT,
     Checksum,
-    UnsupportedMediaType,
-    UploadGone,
-    UploadLocked,
     check_room,
     decode_metadata,
     encode_metadata,
@@ -50,7 +47,6 @@ from app.api.tus_headers import (
     is_offset_octet_stream,
     options_headers,
     parse_checksum,
-    parse_size,
     require_version,
     response_headers,
 )
@@ -60,11 +56,15 @@ from app.errors import (
     MethodNotAllowed,
     OffsetMismatch,
     StreamBusy,
+    StreamNotFound,
     StreamNotLive,
     TooLarge,
+    UnsupportedMediaType,
+    UploadGone,
+    UploadLocked,
     WeftError,
 )
-from app.streams.models import StreamInfo, StreamState
+from app.streams.models import StreamInfo, StreamState, parse_count
 from app.streams.service import StreamService
 
 log = logging.getLogger("weft.api")
@@ -105,23 +105,21 @@ async def discover(request: Request) -> Response:
 @router.post("/files/")
 async def create_upload(request: Request, service: ServiceDep, _auth: WriteAuth) -> Response:
     headers = request.headers
-    length = parse_size(headers.get("upload-length"), "Upload-Length")
+    length = parse_count(headers.get("upload-length"), "Upload-Length")
     defer = headers.get("upload-defer-length")
     if defer is not None and defer.strip() != "1":
         raise InvalidInput("Upload-Defer-Length must be 1.")
     if (length is None) == (defer is None):
         raise InvalidInput("Send either Upload-Length or Upload-Defer-Length: 1.")
+    service.check_fits(length)
     limits = service.settings.limits
-    if length is not None and limits.stream_bytes is not None and length > limits.stream_bytes:
-        raise TooLarge(f"Upload-Length exceeds Tus-Max-Size of {limits.stream_bytes} bytes.")
     metadata = decode_metadata(headers.get("upload-metadata"), limit=limits.metadata_bytes)
     with_body = is_offset_octet_stream(headers)
     checksum = parse_checksum(headers.get("upload-checksum")) if with_body else None
     if with_body:
-        body = parse_size(headers.get("content-length"), "Content-Length")
-        check_room(
-            offset=0, body=body, total=length, limit=limits.stream_bytes, buffered=bool(checksum)
-        )
+        body = parse_count(headers.get("content-length"), "Content-Length")
+        service.check_fits(body)
+        check_room(offset=0, body=body, total=length, buffered=bool(checksum))
     verified: bytes | None = None
     if checksum is not None:
         # Verify before creating: a mismatch leaves no upload behind.
@@ -129,7 +127,7 @@ async def create_upload(request: Request, service: ServiceDep, _auth: WriteAuth)
         if verified is None:
             raise InvalidInput("The request ended before its body; no upload was created.")
 
-    info, _ = await service.create(None, metadata, expected_size=length)
+    info, _ = await service.create(None, metadata, expected_size=length, tus=True)
     size = 0
     if length == 0:
         await service.declare_size(info.id, 0)  # nothing to wait for: complete now
@@ -195,21 +193,22 @@ async def _patch(request: Request, service: StreamService, upload_id: str) -> Re
     headers = request.headers
     if not is_offset_octet_stream(headers):
         raise UnsupportedMediaType()
-    offset = parse_size(headers.get("upload-offset"), "Upload-Offset")
+    offset = parse_count(headers.get("upload-offset"), "Upload-Offset")
     if offset is None:
         raise InvalidInput("Upload-Offset is required.")
     checksum = parse_checksum(headers.get("upload-checksum"))
-    length = parse_size(headers.get("upload-length"), "Upload-Length")
+    length = parse_count(headers.get("upload-length"), "Upload-Length")
     if length is not None and length < offset:
         raise InvalidInput(f"Upload-Length {length} is less than Upload-Offset {offset}.")
     info = await service.info(upload_id)
     if info.state.finished:
         return _finished(info, offset)
+    body = parse_count(headers.get("content-length"), "Content-Length")
+    service.check_fits(None if body is None else offset + body)
     check_room(
         offset=offset,
-        body=parse_size(headers.get("content-length"), "Content-Length"),
+        body=body,
         total=info.expected_size if info.expected_size is not None else length,
-        limit=service.settings.limits.stream_bytes,
         buffered=checksum is not None,
     )
     try:
@@ -237,6 +236,10 @@ async def _terminate(request: Request, service: StreamService, upload_id: str) -
     authorization = request.headers.get("authorization")
     auth.require(authorization, "write", "admin")
     info = await service.info(upload_id)
+    if not info.tus:
+        # Termination is for tus uploads; other streams are deleted at /stream/{id}
+        # with admin scope, so a write token cannot destroy them through here (SPEC §6).
+        raise StreamNotFound(upload_id)
     if info.state.finished:
         auth.require(authorization, "admin")
     await service.delete(upload_id)

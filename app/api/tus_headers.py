@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from app.errors import InvalidInput, TooLarge, WeftError
+from app.errors import ChecksumMismatch, InvalidInput, PreconditionFailed, TooLarge
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = (
@@ -44,7 +43,6 @@ _HASHES: dict[str, Callable[[], Any]] = {
     "sha256": hashlib.sha256,
     "md5": lambda: hashlib.md5(usedforsecurity=False),
 }
-_DIGITS = re.compile(r"[0-9]+")
 
 _CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -85,42 +83,6 @@ _PREFLIGHT = {
 }
 
 
-class PreconditionFailed(WeftError):
-    status = 412
-
-    def __init__(self) -> None:
-        super().__init__(
-            f"This server speaks tus {TUS_VERSION}: send 'Tus-Resumable: {TUS_VERSION}'.",
-            headers={"Tus-Version": TUS_VERSION},
-        )
-
-
-class UnsupportedMediaType(WeftError):
-    status = 415
-    message = f"A PATCH body must have Content-Type {OFFSET_OCTET_STREAM}."
-
-
-class UploadGone(WeftError):
-    status = 410
-
-    def __init__(self, upload_id: str) -> None:
-        super().__init__(f"The upload with ID {upload_id} expired; start a new upload.")
-
-
-class UploadLocked(WeftError):
-    status = 423
-
-    def __init__(self, upload_id: str) -> None:
-        super().__init__(f"The upload with ID {upload_id} is being written by another request.")
-
-
-class ChecksumMismatch(WeftError):
-    status = 460
-
-    def __init__(self, algorithm: str) -> None:
-        super().__init__(f"The body does not match its {algorithm} Upload-Checksum; not stored.")
-
-
 def response_headers() -> dict[str, str]:
     """On every /files response, errors included."""
     return {"Tus-Resumable": TUS_VERSION, **_CORS}
@@ -141,7 +103,7 @@ def options_headers(max_size: int | None) -> dict[str, str]:
 
 def require_version(headers: Headers) -> None:
     if headers.get("tus-resumable", "").strip() != TUS_VERSION:
-        raise PreconditionFailed()
+        raise PreconditionFailed(TUS_VERSION)
 
 
 def is_offset_octet_stream(headers: Headers) -> bool:
@@ -149,28 +111,15 @@ def is_offset_octet_stream(headers: Headers) -> bool:
     return media_type.strip().lower() == OFFSET_OCTET_STREAM
 
 
-def parse_size(raw: str | None, name: str) -> int | None:
-    """A non-negative integer header (Upload-Offset, Upload-Length, Content-Length)."""
-    if raw is None:
-        return None
-    if not _DIGITS.fullmatch(raw.strip()):
-        raise InvalidInput(f"{name} must be a non-negative integer.")
-    return int(raw)
-
-
-def check_room(
-    *, offset: int, body: int | None, total: int | None, limit: int | None, buffered: bool
-) -> None:
+def check_room(*, offset: int, body: int | None, total: int | None, buffered: bool) -> None:
     """Refuse with 413, before anything is stored, a body whose Content-Length
-    would take the upload past its Upload-Length, the size limit, or the
-    checksum buffer."""
+    would take the upload past its Upload-Length or the checksum buffer (the
+    service checks the stream size limit)."""
     if body is None:
         return
     end = offset + body
     if total is not None and end > total:
         raise TooLarge(f"The body would take the upload past its Upload-Length of {total} bytes.")
-    if limit is not None and end > limit:
-        raise TooLarge(f"The upload would exceed the limit of {limit} bytes.")
     if buffered and body > CHECKSUM_BODY_LIMIT:
         raise TooLarge(
             f"A body with Upload-Checksum may be at most {CHECKSUM_BODY_LIMIT} bytes; "

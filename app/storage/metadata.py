@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ColumnElement,
     Index,
     String,
@@ -20,7 +21,9 @@ from sqlalchemy import (
     cast,
     delete,
     event,
+    false,
     func,
+    inspect,
     or_,
     select,
     text,
@@ -53,6 +56,7 @@ class StreamRow(Base):
     updated_us: Mapped[int] = mapped_column(BigInteger)
     finished_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     expected_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tus: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_streams_created", "created_us", "id"),
@@ -87,6 +91,7 @@ def _to_info(row: StreamRow) -> StreamInfo:
         updated_at=updated,
         finished_at=_dt(row.finished_us),
         expected_size=row.expected_size,
+        tus=bool(row.tus),
     )
 
 
@@ -102,6 +107,7 @@ def _row_values(info: StreamInfo) -> dict[str, Any]:
         "updated_us": _us(info.updated_at),
         "finished_us": _us(info.finished_at),
         "expected_size": info.expected_size,
+        "tus": info.tus,
     }
 
 
@@ -119,6 +125,7 @@ class SqlMetadataRepo:
     async def start(self) -> None:
         async with self._engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -257,6 +264,14 @@ class SqlMetadataRepo:
                 await session.execute(text("SELECT 1"))
         except (SQLAlchemyError, OSError):
             raise NotReady("The metadata database does not answer.") from None
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Bring a database made by an earlier version up to the model. Schema changes
+    move to migrations with the PostgreSQL backend; until then this is the one."""
+    present = {column["name"] for column in inspect(conn).get_columns(STREAMS.name)}
+    if "tus" not in present:
+        conn.execute(text("ALTER TABLE streams ADD COLUMN tus BOOLEAN NOT NULL DEFAULT false"))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

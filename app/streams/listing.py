@@ -5,13 +5,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import UTC, datetime
 
 from app.errors import InvalidInput
 from app.storage.base import ListQuery
-from app.streams.models import StreamInfo, StreamState, from_micros, is_decimal, to_micros
+from app.streams.models import StreamInfo, StreamState, from_micros, parse_count, to_micros
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_CURSOR = 512  # characters; a real one is about 60
+# Creation times a cursor may name: from the epoch to the end of year 9999.
+MAX_CURSOR_MICROS = to_micros(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
 
 
 def encode_cursor(info: StreamInfo) -> str:
@@ -20,13 +24,18 @@ def encode_cursor(info: StreamInfo) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
+    bad = InvalidInput("The cursor is not valid.")
+    if len(cursor) > MAX_CURSOR:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_us, stream_id = json.loads(raw)
-    except (ValueError, binascii.Error, TypeError):
-        raise InvalidInput("The cursor is not valid.") from None
-    if not isinstance(created_us, int) or not isinstance(stream_id, str):
-        raise InvalidInput("The cursor is not valid.")
+    except (ValueError, binascii.Error, TypeError, RecursionError):
+        raise bad from None
+    if type(created_us) is not int or not isinstance(stream_id, str):
+        raise bad
+    if not 0 <= created_us <= MAX_CURSOR_MICROS:
+        raise bad
     return created_us, stream_id
 
 
@@ -41,11 +50,11 @@ def build_query(
     """Validate listing parameters as they came in the query string."""
     if state is not None and state not in {s.value for s in StreamState}:
         raise InvalidInput("state must be one of live, complete, abandoned.")
-    count = DEFAULT_LIMIT
-    if limit is not None:
-        if not is_decimal(limit) or not 1 <= int(limit) <= MAX_LIMIT:
-            raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}.")
-        count = int(limit)
+    count = parse_count(limit, "limit")
+    if count is None:
+        count = DEFAULT_LIMIT
+    elif not 1 <= count <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}.")
     before = None
     if cursor:
         created_us, stream_id = decode_cursor(cursor)

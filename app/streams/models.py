@@ -28,12 +28,12 @@ class StreamState(enum.StrEnum):
         return self is not StreamState.LIVE
 
 
+ID_RULE = "A stream ID is 1-200 characters of A-Z a-z 0-9 . _ ~ : @ - and does not start with '.'."
+
+
 def validate_stream_id(stream_id: str) -> str:
     if not ID_PATTERN.fullmatch(stream_id) or stream_id.startswith("."):
-        raise InvalidInput(
-            "A stream ID is 1-200 characters of A-Z a-z 0-9 . _ ~ : @ - "
-            "and does not start with '.'."
-        )
+        raise InvalidInput(ID_RULE)
     return stream_id
 
 
@@ -65,17 +65,49 @@ new_stream_id = _IdClock().new
 new_storage_key = _IdClock().new
 
 
-def is_decimal(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts characters like '²' that int() refuses."""
-    return text.isascii() and text.isdigit()
+MAX_COUNT = 2**63 - 1
+METADATA_DEPTH = 32
+
+
+def parse_count(raw: str | None, name: str) -> int | None:
+    """Every number the API reads (SPEC §7): a non-negative decimal integer below
+    2**63, or None when absent. The length is bounded before int() sees the text,
+    so a 5,000-digit value is a 400 and not int()'s ValueError. Raises InvalidInput."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    significant = text.lstrip("0") or "0"
+    # str.isdigit() alone also accepts characters like '²' that int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(significant) > 19:
+        raise InvalidInput(f"{name} must be a whole number from 0 to {MAX_COUNT}.")
+    value = int(significant)
+    if value > MAX_COUNT:
+        raise InvalidInput(f"{name} must be a whole number from 0 to {MAX_COUNT}.")
+    return value
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest (a scalar is 0, ``{}`` is 1); iterative,
+    so no depth can exhaust the interpreter's stack."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def parse_metadata(raw: bytes | None, *, limit: int) -> dict[str, Any]:
-    """Decode an ``X-Stream-Metadata`` header value (SPEC §1)."""
+    """Decode an ``X-Stream-Metadata`` header value (SPEC §1): absent is ``{}``; an
+    empty value is not JSON."""
     if raw is None:
         return {}
     if len(raw) > limit:
@@ -84,14 +116,17 @@ def parse_metadata(raw: bytes | None, *, limit: int) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("X-Stream-Metadata is not valid UTF-8.") from None
-    if not text.strip():
-        return {}
+    too_deep = InvalidInput(f"X-Stream-Metadata nests deeper than {METADATA_DEPTH} levels.")
     try:
         value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise too_deep from None
     except ValueError:
         raise InvalidInput("X-Stream-Metadata is not valid JSON.") from None
     if not isinstance(value, dict):
         raise InvalidInput("X-Stream-Metadata must be a JSON object.")
+    if json_depth(value) > METADATA_DEPTH:
+        raise too_deep
     return value
 
 
@@ -148,6 +183,7 @@ class StreamInfo:
     finished_at: datetime | None = None
     # Declared total size (a tus Upload-Length): the stream completes on reaching it.
     expected_size: int | None = None
+    tus: bool = False  # created through /files/ (only those may be terminated there)
 
     def with_changes(self, **changes: Any) -> StreamInfo:
         return replace(self, **changes)

@@ -156,10 +156,12 @@ class StreamService:
         *,
         force: bool = False,
         expected_size: int | None = None,
+        tus: bool = False,
     ) -> tuple[StreamInfo, bool]:
         """Create a live stream; return it and whether an old one was replaced.
-        With expected_size the stream completes once it holds that many bytes.
-        Raises InvalidInput for a bad id and StreamExists when taken without force."""
+        With expected_size the stream completes once it holds that many bytes;
+        tus marks an upload made through /files/. Raises InvalidInput for a bad
+        id and StreamExists when taken without force."""
         stream_id = validate_stream_id(stream_id) if stream_id is not None else new_stream_id()
         now = utcnow()
         info = StreamInfo(
@@ -172,6 +174,7 @@ class StreamService:
             created_at=now,
             updated_at=now,
             expected_size=expected_size,
+            tus=tus,
         )
         await self.store.create(info.key)
         try:
@@ -215,6 +218,13 @@ class StreamService:
             if not live.gone:
                 self._arm_abandon(live)
                 await self._checkpoint(live)
+
+    def check_fits(self, end: int | None) -> None:
+        """Refuse up front (413) a request that would take a stream past
+        limits.stream_bytes; a body of unknown length is cut there by _append."""
+        limit = self.settings.limits.stream_bytes
+        if limit is not None and end is not None and end > limit:
+            raise TooLarge(f"The stream would exceed the size limit of {limit} bytes.")
 
     async def declare_size(self, stream_id: str, size: int) -> StreamInfo:
         """Fix the total size of a live stream created without one (tus
@@ -374,6 +384,13 @@ class StreamService:
         if info is None:
             raise StreamNotFound(stream_id)
         return info
+
+    async def find(self, stream_id: str) -> StreamInfo | None:
+        """info, or None for a stream that does not exist."""
+        try:
+            return await self.info(stream_id)
+        except StreamNotFound:
+            return None
 
     async def list_page(self, query: ListQuery) -> tuple[list[StreamInfo], str | None]:
         """One page, newest first, and the cursor of the next page (None at the end)."""

@@ -11,8 +11,10 @@ from app.errors import InvalidInput
 from app.streams.models import (
     StreamInfo,
     StreamState,
+    json_depth,
     metadata_matches,
     new_stream_id,
+    parse_count,
     parse_metadata,
     rfc3339,
     validate_stream_id,
@@ -174,3 +176,40 @@ def test_stream_info_json_has_the_documented_keys_and_null_digest_while_live() -
         "updated_at": "2024-01-01T00:00:00.000Z",
         "finished_at": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("0", 0), ("42", 42), (" 7 ", 7), ("0" * 40 + "5", 5), (str(2**63 - 1), 2**63 - 1)],
+)
+def test_parse_count_reads_bounded_decimal_integers(raw: str, value: int) -> None:
+    assert parse_count(raw, "n") == value
+    assert parse_count(None, "n") is None
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "-1", "+1", "1.0", "1e3", "0x1", "\u00b2", "\u0663", str(2**63), "9" * 5000]
+)
+def test_parse_count_refuses_anything_else_with_400(raw: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_count(raw, "offset")
+    assert caught.value.status == 400
+    assert "offset" in caught.value.message
+
+
+def test_json_depth_counts_containers_without_recursion() -> None:
+    assert json_depth(1) == 0
+    assert json_depth({}) == 1
+    assert json_depth({"a": [1, {"b": []}]}) == 4
+    deep: list[object] = []
+    for _ in range(49_999):
+        deep = [deep]
+    assert json_depth(deep) == 50_000
+
+
+def test_parse_metadata_refuses_deep_nesting_and_an_empty_value() -> None:
+    at_limit = b'{"a":' + b"[" * 31 + b"]" * 31 + b"}"
+    assert parse_metadata(at_limit, limit=10_000)
+    for raw in (b'{"a":' + b"[" * 32 + b"]" * 32 + b"}", b"[" * 5000 + b"]" * 5000, b"", b"  "):
+        with pytest.raises(InvalidInput):
+            parse_metadata(raw, limit=100_000)

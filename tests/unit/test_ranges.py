@@ -27,7 +27,19 @@ def test_satisfiable_range_gives_half_open_span(
 
 @pytest.mark.parametrize(
     "header",
-    [None, "bytes=0-1,3-4", "items=0-1", "bytes=5-2", "bytes=", "bytes=-", "bytes=a-b", "0-4"],
+    [
+        None,
+        "bytes=0-1,3-4",
+        "items=0-1",
+        "bytes=5-2",
+        "bytes=",
+        "bytes=-",
+        "bytes=a-b",
+        "0-4",
+        "bytes=" + "9" * 5000 + "-",
+        "bytes=0-" + "9" * 5000,
+        "bytes=-" + "9" * 20,
+    ],
 )
 def test_absent_multi_or_malformed_range_sends_everything(header: str | None) -> None:
     assert parse_range(header, 10) is None
@@ -54,3 +66,7 @@ def test_suffix_range_on_empty_stream_never_yields_an_empty_span() -> None:
     except RangeNotSatisfiable:
         return
     assert span is None
+
+
+def test_leading_zeros_do_not_count_as_digits() -> None:
+    assert parse_range("bytes=" + "0" * 50 + "3-" + "0" * 50 + "4", 10) == (3, 5)
