@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import re
 import threading
@@ -90,6 +91,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: valid JSON syntax, but no JSON can carry it back out
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def json_depth(value: Any) -> int:
     """How deeply objects and arrays nest (a scalar is 0, ``{}`` is 1); iterative,
     so no depth can exhaust the interpreter's stack."""
@@ -118,7 +126,7 @@ def parse_metadata(raw: bytes | None, *, limit: int) -> dict[str, Any]:
         raise InvalidInput("X-Stream-Metadata is not valid UTF-8.") from None
     too_deep = InvalidInput(f"X-Stream-Metadata nests deeper than {METADATA_DEPTH} levels.")
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise too_deep from None
     except ValueError:
@@ -127,6 +135,12 @@ def parse_metadata(raw: bytes | None, *, limit: int) -> dict[str, Any]:
         raise InvalidInput("X-Stream-Metadata must be a JSON object.")
     if json_depth(value) > METADATA_DEPTH:
         raise too_deep
+    try:
+        # A lone surrogate escape (\ud800) decodes, but is no text: it could
+        # never be encoded again for a response.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("X-Stream-Metadata holds an invalid Unicode escape.") from None
     return value
 
 

@@ -119,6 +119,17 @@ def test_metadata_stored_by_an_older_version_however_deep_still_lists(
     assert filtered.status_code == 200 and filtered.json()["streams"] == []
 
 
+@pytest.mark.parametrize("metadata", ['{"a": 1e400}', '{"a": "\\ud800"}', '{"\\udfff": 1}'])
+def test_metadata_no_response_could_carry_is_400_and_lists_keep_working(
+    http: httpx.Client, metadata: str
+) -> None:
+    stream_id = unique("unsayable")
+    got = http.post(f"/stream/{stream_id}", content=b"x", headers={"X-Stream-Metadata": metadata})
+    assert_error(got, 400)
+    assert http.get(f"/streams/{stream_id}").status_code == 404
+    assert http.get("/streams").status_code == 200
+
+
 def test_empty_metadata_header_is_400(open_server: ServerProcess, http: httpx.Client) -> None:
     stream_id = unique("empty-meta")
     got = raw(

@@ -213,3 +213,19 @@ def test_parse_metadata_refuses_deep_nesting_and_an_empty_value() -> None:
     for raw in (b'{"a":' + b"[" * 32 + b"]" * 32 + b"}", b"[" * 5000 + b"]" * 5000, b"", b"  "):
         with pytest.raises(InvalidInput):
             parse_metadata(raw, limit=100_000)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": 1e400}',
+        b'{"a": -1e400}',
+        b'{"a": "\\ud800"}',
+        b'{"\\udfff": 1}',
+        b'{"a": 1' + b"0" * 5000 + b"}",
+    ],
+)
+def test_parse_metadata_refuses_what_no_response_could_carry(raw: bytes) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_metadata(raw, limit=100_000)
+    assert caught.value.status == 400
