@@ -78,6 +78,9 @@ def disk_server(small_disk: Path, tmp_path: Path) -> Iterator[Callable[..., Serv
     yield start
     for server in started:
         server.stop()
+    for server in started:  # a full disk is an expected condition, never a 500
+        crashes = [line for line in server.log if "Traceback" in line or "status=500" in line]
+        assert crashes == []
 
 
 def produce_until_refused(port: int, stream_id: str, data: bytes) -> tuple[int, dict[str, object]]:
@@ -215,6 +218,11 @@ def test_completely_full_disk_delete_and_reads_work_and_a_failed_completion_retr
         assert_json_error(failed, failed.status_code)
         now = info(client, "live")
         assert (now["state"], now["size"], now["sha256"]) == ("live", MiB, None)
+
+        # With the free-space check off, the full disk itself refuses new streams: 507.
+        assert_json_error(client.post("/stream/new", content=b"x"), 507)
+        assert_json_error(client.post("/files/", headers={**TUS, "Upload-Length": "5"}), 507)
+        assert client.get("/stream/new").status_code == 404
 
         # Reads work on the full disk.
         read = client.get("/stream/finished")
