@@ -90,8 +90,10 @@ class Producer:
 
     async def append(self, data: bytes) -> int:
         """Store data, publish the new size, return it. Raises StreamNotFound when
-        the stream was deleted or replaced meanwhile, and TooLarge after storing
-        up to limits.stream_bytes (the stream is then complete)."""
+        the stream was deleted or replaced meanwhile, TooLarge after storing
+        up to limits.stream_bytes (the stream is then complete), and
+        InsufficientStorage below limits.min_free_bytes or on a full disk (the
+        stream stays live with what was stored before)."""
         return await self._service._append(self._live, data)
 
     async def complete(self) -> StreamInfo:
@@ -219,7 +221,8 @@ class StreamService:
     ) -> AsyncIterator[Producer]:
         """Attach the one producer of a live stream. With offset, the stream's size
         must equal it (resume). Raises StreamNotFound, StreamNotLive, StreamBusy
-        or OffsetMismatch."""
+        or OffsetMismatch. A stream that already holds its declared size (its
+        completion failed earlier) is completed on attach."""
         live = await self._require_live(stream_id)
         async with live.lock:  # not while a state change is being written
             if live.gone:
@@ -535,9 +538,9 @@ class StreamService:
         if entries:
             try:
                 await self.repo.checkpoint(entries)
-            except WeftError:
+            except WeftError as exc:
                 self._unsaved |= batch  # kept for the next round
-                raise
+                log.warning("checkpoint_failed streams=%d error=%s", len(entries), exc.message)
 
     async def _keep_reserve(self) -> None:
         self.space.refresh()
@@ -556,7 +559,12 @@ class StreamService:
         assert keep is not None
         cutoff = utcnow() - timedelta(seconds=keep)
         for info in await self.repo.finished_before(cutoff, limit=500):
-            if await self._delete_row(info.id, info.key) is not None:
+            try:
+                removed = await self._delete_row(info.id, info.key)
+            except WeftError as exc:  # the next round tries again
+                log.warning("retention_failed stream_id=%s error=%s", info.id, exc.message)
+                return
+            if removed is not None:
                 await self._discard(info)
                 log.info("stream_expired stream_id=%s", info.id)
 

@@ -335,3 +335,18 @@ async def test_failed_checkpoint_when_a_producer_leaves_is_not_an_error_and_is_r
         async with service.producer("job") as producer:
             await producer.append(b"abc")
         await wait_until(lambda: repo.rows["job"].size == 3, "the checkpoint to be retried")
+
+
+async def test_failed_retention_round_keeps_the_stream_and_the_next_round_deletes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    repo = FailingMetadataRepo()
+    async with running(repo, retention={"complete_after": 0.05}) as service:
+        await service.create("old", {})
+        async with service.producer("old") as producer:
+            await producer.complete()
+        repo.fail("delete", BROKEN)
+        await wait_until(lambda: "old" not in repo.rows, "the next retention round")
+        assert repo.attempts["delete"] == 2
+    assert "retention_failed stream_id=old" in caplog.text
+    assert "periodic_task_failed" not in caplog.text  # a warning, not a traceback
