@@ -34,6 +34,7 @@ class Limits(_Strict):
     metadata_bytes: int = Field(16 * 1024, gt=0)
     stream_bytes: int | None = Field(None, gt=0)
     header_bytes: int = Field(64 * 1024, ge=16 * 1024)
+    min_free_bytes: int = Field(64 * 1024 * 1024, ge=0)  # 0: no free-space check
 
 
 class Retention(_Strict):

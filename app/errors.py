@@ -147,5 +147,18 @@ class NotReady(WeftError):
     message = "The service is not ready."
 
 
+class StorageUnavailable(NotReady):
+    """A write to the database or the disk failed for a reason other than space."""
+
+    message = "The server could not save the change; nothing was changed, try again."
+
+
+class InsufficientStorage(WeftError):
+    """The disk (or the database's disk) is full, or below limits.min_free_bytes."""
+
+    status = 507
+    message = "The server is out of disk space; nothing more can be stored until space is freed."
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the offending key."""

@@ -15,7 +15,7 @@ from app.api.produce import ProduceEndpoint, ProduceRoute
 from app.auth import Authenticator, Signer, load_signing_key
 from app.config import Settings, load_settings
 from app.metrics import Metrics
-from app.storage.factory import build_backends
+from app.storage.factory import build_backends, build_space
 from app.streams.service import StreamService
 
 
@@ -25,7 +25,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store, repo, hub = build_backends(settings)
-        service = StreamService(settings=settings, store=store, repo=repo, hub=hub, metrics=metrics)
+        service = StreamService(
+            settings=settings,
+            store=store,
+            repo=repo,
+            hub=hub,
+            metrics=metrics,
+            space=build_space(settings),
+        )
         await service.start()
         app.state.service = service
         app.state.signer = Signer(load_signing_key(settings.signing_key, settings.data_dir))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -33,8 +35,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.errors import NotReady, StreamExists
+from app.errors import InsufficientStorage, NotReady, StorageUnavailable, StreamExists
 from app.storage.base import ListQuery
+from app.storage.space import out_of_space
 from app.streams.models import StreamInfo, StreamState, from_micros, to_micros, utcnow
 
 
@@ -111,6 +114,45 @@ def _row_values(info: StreamInfo) -> dict[str, Any]:
     }
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+SQLITE_FULL = 13  # "database or disk is full"
+
+
+def _is_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's class 53 (insufficient resources), or ENOSPC."""
+    cause = getattr(exc, "orig", None) or exc
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == SQLITE_FULL)
+    state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if isinstance(state, str):
+        return state.startswith("53")
+    if isinstance(cause, OSError):
+        return out_of_space(cause)
+    return "database or disk is full" in str(cause)
+
+
+def translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """The database's own errors become 507 (full) or 503 (did not answer or
+    commit). A failed write is rolled back as a whole by its transaction."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (SQLAlchemyError, OSError) as exc:
+            if _is_full(exc):
+                raise InsufficientStorage(
+                    "The database is out of disk space; nothing was changed."
+                ) from None
+            raise StorageUnavailable(
+                "The metadata database did not save the change; nothing was changed."
+            ) from None
+
+    return call
+
+
 class SqlMetadataRepo:
     def __init__(self, url: str) -> None:
         self._url = url
@@ -130,6 +172,7 @@ class SqlMetadataRepo:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    @translated
     async def insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
         async with self._write_lock, self._sessions.begin() as session:
             old = await session.get(StreamRow, info.id)
@@ -146,11 +189,13 @@ class SqlMetadataRepo:
                 raise StreamExists(info.id) from None
             return replaced
 
+    @translated
     async def get(self, stream_id: str) -> StreamInfo | None:
         async with self._sessions() as session:
             row = await session.get(StreamRow, stream_id)
             return _to_info(row) if row is not None else None
 
+    @translated
     async def update(self, info: StreamInfo) -> None:
         values = _row_values(info)
         for fixed in ("id", "key", "meta", "created_us"):
@@ -162,6 +207,7 @@ class SqlMetadataRepo:
                 .values(**values)
             )
 
+    @translated
     async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
         table = STREAMS
         statement = (
@@ -178,6 +224,7 @@ class SqlMetadataRepo:
         async with self._write_lock, self._engine.begin() as conn:
             await conn.execute(statement, rows)
 
+    @translated
     async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
         async with self._write_lock, self._sessions.begin() as session:
             row = await session.get(StreamRow, stream_id)
@@ -199,6 +246,7 @@ class SqlMetadataRepo:
             else_=cast(func.json_extract(StreamRow.meta, path), String),
         )
 
+    @translated
     async def page(self, query: ListQuery) -> list[StreamInfo]:
         conditions: list[ColumnElement[bool]] = []
         if query.state is not None:
@@ -225,6 +273,7 @@ class SqlMetadataRepo:
             rows = (await session.scalars(statement)).all()
             return [_to_info(row) for row in rows]
 
+    @translated
     async def live(self) -> list[StreamInfo]:
         async with self._sessions() as session:
             rows = await session.scalars(
@@ -232,6 +281,7 @@ class SqlMetadataRepo:
             )
             return [_to_info(row) for row in rows]
 
+    @translated
     async def for_build(self, build_id: str) -> list[StreamInfo]:
         statement = select(StreamRow).where(
             or_(
@@ -242,6 +292,7 @@ class SqlMetadataRepo:
         async with self._sessions() as session:
             return [_to_info(row) for row in await session.scalars(statement)]
 
+    @translated
     async def finished_before(self, cutoff: datetime, limit: int) -> list[StreamInfo]:
         statement = (
             select(StreamRow)
@@ -252,6 +303,7 @@ class SqlMetadataRepo:
         async with self._sessions() as session:
             return [_to_info(row) for row in await session.scalars(statement)]
 
+    @translated
     async def count_by_state(self) -> dict[StreamState, int]:
         statement = select(StreamRow.state, func.count()).group_by(StreamRow.state)
         async with self._sessions() as session:

@@ -4,6 +4,11 @@ The service owns every rule about streams. Live streams written by this process
 are kept in ``_live``: their size and digest advance per chunk in memory, and
 the database hears of them only on create, state change, delete and a size
 checkpoint at most every ``checkpoint_interval`` seconds (DESIGN property 3).
+
+Every state change is all or nothing (SPEC §7): the database write comes first
+and memory (flags, writer, timer, ``_live``) changes only once it succeeded, so
+a failed write (503, 507) leaves the stream as it was and the request can be
+retried.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import (
+    InsufficientStorage,
     InvalidInput,
     OffsetMismatch,
     RangeNotSatisfiable,
@@ -26,9 +32,11 @@ from app.errors import (
     StreamNotFound,
     StreamNotLive,
     TooLarge,
+    WeftError,
 )
 from app.metrics import Metrics
 from app.storage.base import Hub, ListQuery, MetadataRepo, SegmentStore, SegmentWriter
+from app.storage.space import NoSpaceGuard, SpaceGuard, disk_errors
 from app.streams.events import EventLog
 from app.streams.listing import encode_cursor
 from app.streams.models import (
@@ -45,6 +53,7 @@ from app.streams.reader import StreamReader
 from app.streams.upkeep import every, recover_live
 
 log = logging.getLogger("weft.streams")
+ABANDON_RETRY = 10.0  # seconds before a failed abandonment is tried again
 
 
 @dataclass(eq=False)
@@ -81,8 +90,10 @@ class Producer:
 
     async def append(self, data: bytes) -> int:
         """Store data, publish the new size, return it. Raises StreamNotFound when
-        the stream was deleted or replaced meanwhile, and TooLarge after storing
-        up to limits.stream_bytes (the stream is then complete)."""
+        the stream was deleted or replaced meanwhile, TooLarge after storing
+        up to limits.stream_bytes (the stream is then complete), and
+        InsufficientStorage below limits.min_free_bytes or on a full disk (the
+        stream stays live with what was stored before)."""
         return await self._service._append(self._live, data)
 
     async def complete(self) -> StreamInfo:
@@ -98,11 +109,13 @@ class StreamService:
         repo: MetadataRepo,
         hub: Hub,
         metrics: Metrics | None = None,
+        space: SpaceGuard | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.repo = repo
         self.hub = hub
+        self.space = space or NoSpaceGuard()
         self.metrics = metrics or Metrics()
         self.events = EventLog()
         self._live: dict[str, _Live] = {}
@@ -113,11 +126,19 @@ class StreamService:
     # -- start and stop ---------------------------------------------------------
 
     async def start(self) -> None:
+        self.space.refresh()
         await self.repo.start()
         await self.events.start(self.hub)
-        await self.recover()
+        try:
+            await self.recover()
+        except InsufficientStorage:
+            # Started on a full disk: recovery's row updates need a little room.
+            if not self.space.release_reserve():
+                raise
+            await self.recover()
         periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = [
-            (self.settings.checkpoint_interval, self._save_sizes)
+            (self.settings.checkpoint_interval, self._save_sizes),
+            (1.0, self._keep_reserve),
         ]
         if self.settings.durability.fsync == "interval":
             periodic.append((self.settings.durability.interval, self._sync_dirty))
@@ -161,8 +182,11 @@ class StreamService:
         """Create a live stream; return it and whether an old one was replaced.
         With expected_size the stream completes once it holds that many bytes;
         tus marks an upload made through /files/. Raises InvalidInput for a bad
-        id and StreamExists when taken without force."""
+        id, StreamExists when taken without force, InsufficientStorage (below
+        limits.min_free_bytes, disk full) and StorageUnavailable; on any error
+        nothing was created or replaced."""
         stream_id = validate_stream_id(stream_id) if stream_id is not None else new_stream_id()
+        self.space.require()
         now = utcnow()
         info = StreamInfo(
             id=stream_id,
@@ -176,7 +200,8 @@ class StreamService:
             expected_size=expected_size,
             tus=tus,
         )
-        await self.store.create(info.key)
+        with disk_errors():
+            await self.store.create(info.key)
         try:
             old = await self.repo.insert(info, replace=force)
         except BaseException:
@@ -199,18 +224,25 @@ class StreamService:
     ) -> AsyncIterator[Producer]:
         """Attach the one producer of a live stream. With offset, the stream's size
         must equal it (resume). Raises StreamNotFound, StreamNotLive, StreamBusy
-        or OffsetMismatch."""
+        or OffsetMismatch. A stream that already holds its declared size (its
+        completion failed earlier) is completed on attach."""
         live = await self._require_live(stream_id)
-        if live.producing:
-            raise StreamBusy(stream_id)
-        if offset is not None and offset != live.size:
-            raise OffsetMismatch(stream_id, live.size)
-        live.producing = True
+        async with live.lock:  # not while a state change is being written
+            if live.gone:
+                raise _gone(live)
+            if live.producing:
+                raise StreamBusy(stream_id)
+            if offset is not None and offset != live.size:
+                raise OffsetMismatch(stream_id, live.size)
+            live.producing = True
         self.metrics.live_producers.inc()
         if live.abandon_timer is not None:
             live.abandon_timer.cancel()
             live.abandon_timer = None
         try:
+            if live.info.expected_size == live.size:
+                # It holds its declared size but an earlier completion failed: finish it now.
+                await self._finish(live, StreamState.COMPLETE)
             yield Producer(self, live)
         finally:
             live.producing = False
@@ -236,11 +268,12 @@ class StreamService:
             raise InvalidInput(f"The stream's size is already declared as {declared} bytes.")
         if size < live.size:
             raise InvalidInput(f"The stream already holds {live.size} bytes.")
-        live.info = live.info.with_changes(expected_size=size)
-        await self.repo.update(live.info.with_changes(size=live.size, updated_at=utcnow()))
-        if live.size == size:
-            return await self._finish(live, StreamState.COMPLETE)
-        return live.info.with_changes(size=live.size)
+        if live.size == size:  # declared and completed in one write
+            return await self._finish(live, StreamState.COMPLETE, expected_size=size)
+        changed = live.info.with_changes(expected_size=size)
+        await self.repo.update(changed.with_changes(size=live.size, updated_at=utcnow()))
+        live.info = changed
+        return changed.with_changes(size=live.size)
 
     def expires_at(self, stream_id: str) -> datetime | None:
         """When an idle live stream will be abandoned, or None (producing, or not live here)."""
@@ -273,24 +306,23 @@ class StreamService:
             assert limit is not None
             data = data[: limit - live.size]
         if data:
+            self.space.require()  # 507 below limits.min_free_bytes; the stream stays live
             if live.writer is None:
-                live.writer = await self.store.open_writer(live.info.key)
+                with disk_errors():
+                    live.writer = await self.store.open_writer(live.info.key)
             writer, before = live.writer, live.size
             try:
-                await writer.append(data)
-                live.dirty = True
-                if self.settings.durability.fsync == "always":
-                    # The size is published only after the sync: a byte reported in
-                    # Upload-Offset then survives a crash of the machine.
-                    await writer.sync()
-                    live.dirty = False
+                with disk_errors():  # ENOSPC: 507, the stream stays live with what fitted
+                    live.dirty = True
+                    await writer.append(data)
+                    if self.settings.durability.fsync == "always":
+                        # The size is published only after the sync: a byte reported in
+                        # Upload-Offset then survives a crash of the machine.
+                        await writer.sync()
+                        live.dirty = False
             finally:
-                # Keep what was written even when the write failed part-way (disk full).
-                live.hasher.update(memoryview(data)[: writer.size - before])
-                live.size = writer.size
-            self.metrics.bytes_in.inc(len(data))
-            self.hub.publish(HubEvent(EventKind.PROGRESS, live.info.id, live.info.key, live.size))
-            self._unsaved.add(live)
+                # Keep and publish what was written even when the write failed part-way.
+                self._stored(live, data, writer.size - before)
         if expected is not None and live.size == expected:
             await self._finish(live, StreamState.COMPLETE)
         if over:
@@ -298,19 +330,37 @@ class StreamService:
             raise TooLarge(f"The stream reached the size limit of {limit} bytes and was completed.")
         return live.size
 
+    def _stored(self, live: _Live, data: bytes, stored: int) -> None:
+        if stored <= 0:
+            return
+        live.hasher.update(memoryview(data)[:stored])
+        live.size += stored
+        self.space.consumed(stored)
+        self.metrics.bytes_in.inc(stored)
+        self.hub.publish(HubEvent(EventKind.PROGRESS, live.info.id, live.info.key, live.size))
+        self._unsaved.add(live)
+
     # -- finish, abandon, delete ------------------------------------------------
 
-    async def _finish(self, live: _Live, state: StreamState) -> StreamInfo:
+    async def _finish(
+        self, live: _Live, state: StreamState, *, expected_size: int | None = None
+    ) -> StreamInfo:
+        """Complete or abandon a live stream. The bytes are synced and the row
+        written before anything in memory changes: when either fails (503, 507)
+        the stream is still live with its producer, writer and timer, and the
+        same request can finish it later."""
         async with live.lock:
             if live.gone:
                 current = await self.repo.get(live.info.id)
                 if current is None or current.key != live.info.key:
                     raise StreamNotFound(live.info.id)
                 return current
-            live.gone, live.ended = True, state
-            if live.abandon_timer is not None:
-                live.abandon_timer.cancel()
-            await self._close_writer(live, sync=self.settings.durability.fsync != "never")
+            if state is StreamState.ABANDONED and live.producing:
+                return live.info.with_changes(size=live.size)  # its producer came back
+            if live.writer is not None and live.dirty and self.settings.durability.fsync != "never":
+                with disk_errors():
+                    await live.writer.sync()
+                live.dirty = False
             now = utcnow()
             info = live.info.with_changes(
                 state=state,
@@ -319,7 +369,17 @@ class StreamService:
                 updated_at=now,
                 finished_at=now,
             )
+            if expected_size is not None:
+                info = info.with_changes(expected_size=expected_size)
             await self.repo.update(info)
+            if live.gone:  # deleted or replaced while the row was written
+                raise StreamNotFound(live.info.id)
+            # Written: from here on the transition cannot fail.
+            live.gone, live.ended, live.info = True, state, info
+            if live.abandon_timer is not None:
+                live.abandon_timer.cancel()
+                live.abandon_timer = None
+            await self._close_writer(live, sync=False)
             if self._live.get(info.id) is live:
                 del self._live[info.id]
             kind = EventKind.COMPLETED if state is StreamState.COMPLETE else EventKind.ABANDONED
@@ -327,24 +387,33 @@ class StreamService:
             log.info("stream_%s stream_id=%s size=%d", kind.value, info.id, info.size)
             return info
 
-    def _arm_abandon(self, live: _Live) -> None:
+    def _arm_abandon(self, live: _Live, delay: float | None = None) -> None:
         if live.abandon_timer is not None:
             live.abandon_timer.cancel()
         loop = asyncio.get_running_loop()
-        live.expires_at = utcnow() + timedelta(seconds=self.settings.abandon_after)
+        seconds = self.settings.abandon_after if delay is None else delay
+        live.expires_at = utcnow() + timedelta(seconds=seconds)
         # The coroutine is made only when the timer fires: a cancelled timer then
         # leaves no never-awaited coroutine behind.
-        live.abandon_timer = loop.call_later(
-            self.settings.abandon_after, lambda: self._spawn(self._abandon(live))
-        )
+        live.abandon_timer = loop.call_later(seconds, lambda: self._spawn(self._abandon(live)))
 
     async def _abandon(self, live: _Live) -> None:
-        if not live.producing and not live.gone:
-            await self._finish(live, StreamState.ABANDONED)
+        if live.producing or live.gone:
+            return
+        # A stream that holds its declared size only missed its completion (a failed write).
+        full = live.info.expected_size == live.size
+        try:
+            await self._finish(live, StreamState.COMPLETE if full else StreamState.ABANDONED)
+        except WeftError as exc:
+            log.warning("abandon_failed stream_id=%s error=%s", live.info.id, exc.message)
+            if not live.gone and not live.producing:
+                self._arm_abandon(live, min(ABANDON_RETRY, self.settings.abandon_after))
 
     async def delete(self, stream_id: str) -> StreamInfo:
-        """Remove a stream's row and bytes and end its readers. Raises StreamNotFound."""
-        removed = await self.repo.delete(stream_id)
+        """Remove a stream's row and bytes and end its readers. Raises
+        StreamNotFound; InsufficientStorage or StorageUnavailable when the row
+        could not be removed (the stream is then untouched)."""
+        removed = await self._delete_row(stream_id)
         if removed is None:
             raise StreamNotFound(stream_id)
         await self._discard(removed)
@@ -353,10 +422,21 @@ class StreamService:
     async def delete_build(self, build_id: str) -> list[str]:
         deleted = []
         for info in await self.repo.for_build(build_id):
-            if await self.repo.delete(info.id, info.key) is not None:
+            if await self._delete_row(info.id, info.key) is not None:
                 await self._discard(info)
                 deleted.append(info.id)
         return deleted
+
+    async def _delete_row(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
+        """repo.delete, also on a full disk: when the database has no room for
+        the journal of a DELETE, the reserve file is freed and it is tried again."""
+        try:
+            return await self.repo.delete(stream_id, key)
+        except InsufficientStorage:
+            if not self.space.release_reserve():
+                raise
+            log.warning("delete_used_space_reserve stream_id=%s", stream_id)
+            return await self.repo.delete(stream_id, key)
 
     async def _discard(self, info: StreamInfo) -> None:
         """Forget an incarnation whose row is already gone: stop its producer,
@@ -370,6 +450,7 @@ class StreamService:
             await self._close_writer(live, sync=False)
         self.hub.publish(HubEvent(EventKind.DELETED, info.id, info.key, info.size, None, info))
         await self.store.delete(info.key)
+        self.space.refresh()
         log.info("stream_deleted stream_id=%s", info.id)
 
     # -- read ---------------------------------------------------------------------
@@ -455,9 +536,15 @@ class StreamService:
             log.error("background_task_failed", exc_info=task.exception())
 
     async def _checkpoint(self, live: _Live) -> None:
+        """Best effort: the segment files, not the checkpoint, say what is stored."""
         self._unsaved.discard(live)
-        if not live.gone:
+        if live.gone:
+            return
+        try:
             await self.repo.checkpoint([(live.info.id, live.info.key, live.size)])
+        except WeftError as exc:
+            self._unsaved.add(live)  # the next round tries again
+            log.warning("checkpoint_failed stream_id=%s error=%s", live.info.id, exc.message)
 
     async def _save_sizes(self) -> None:
         """One transaction for every stream written since the last checkpoint:
@@ -466,7 +553,14 @@ class StreamService:
         batch, self._unsaved = self._unsaved, set()
         entries = [(live.info.id, live.info.key, live.size) for live in batch if not live.gone]
         if entries:
-            await self.repo.checkpoint(entries)
+            try:
+                await self.repo.checkpoint(entries)
+            except WeftError as exc:
+                self._unsaved |= batch  # kept for the next round
+                log.warning("checkpoint_failed streams=%d error=%s", len(entries), exc.message)
+
+    async def _keep_reserve(self) -> None:
+        self.space.refresh()
 
     async def _close_writer(self, live: _Live, *, sync: bool) -> None:
         writer, live.writer = live.writer, None
@@ -482,7 +576,12 @@ class StreamService:
         assert keep is not None
         cutoff = utcnow() - timedelta(seconds=keep)
         for info in await self.repo.finished_before(cutoff, limit=500):
-            if await self.repo.delete(info.id, info.key) is not None:
+            try:
+                removed = await self._delete_row(info.id, info.key)
+            except WeftError as exc:  # the next round tries again
+                log.warning("retention_failed stream_id=%s error=%s", info.id, exc.message)
+                return
+            if removed is not None:
                 await self._discard(info)
                 log.info("stream_expired stream_id=%s", info.id)
 
@@ -492,3 +591,10 @@ class StreamService:
             if live.dirty and live.writer is not None:
                 live.dirty = False
                 await live.writer.sync()
+
+
+def _gone(live: _Live) -> WeftError:
+    """Why a producer may no longer append: finished, or deleted or replaced."""
+    if live.ended is not None:
+        return StreamNotLive(live.info.id, live.ended.value)
+    return StreamNotFound(live.info.id)

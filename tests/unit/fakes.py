@@ -8,6 +8,7 @@ without files or a database.
 from __future__ import annotations
 
 import builtins
+import errno
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.errors import StreamExists, StreamNotFound
+from app.errors import InsufficientStorage, StreamExists, StreamNotFound, WeftError
 from app.storage.base import ListQuery
 from app.storage.memory_hub import MemoryHub
 from app.streams.models import StreamInfo, StreamState, metadata_text, to_micros, utcnow
@@ -202,3 +203,117 @@ async def produce(service: StreamService, stream_id: str | None, *chunks: bytes,
             await producer.append(chunk)
         await producer.complete()
     return info.id
+
+
+# -- failing on demand (all-or-nothing tests, issue 9) -----------------------------------
+
+
+class FailingMetadataRepo(MemoryMetadataRepo):
+    """A repository whose writes fail on demand, as a full or broken database
+    would: a failed write changes nothing (a transaction that rolled back).
+
+    ``fail("update")`` fails the next update (``times`` in a row); with ``full``
+    set every write fails with InsufficientStorage until it is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+        self.failures: dict[str, list[WeftError]] = {}
+        self.attempts: Counter[str] = Counter()
+
+    def fail(self, method: str, error: WeftError | None = None, *, times: int = 1) -> None:
+        error = error or InsufficientStorage("The database is out of disk space.")
+        self.failures.setdefault(method, []).extend([error] * times)
+
+    def _write(self, method: str) -> None:
+        self.attempts[method] += 1
+        pending = self.failures.get(method)
+        if pending:
+            raise pending.pop(0)
+        if self.full:
+            raise InsufficientStorage("The database is out of disk space.")
+
+    async def insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
+        self._write("insert")
+        return await super().insert(info, replace=replace)
+
+    async def update(self, info: StreamInfo) -> None:
+        self._write("update")
+        await super().update(info)
+
+    async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
+        self._write("checkpoint")
+        await super().checkpoint(sizes)
+
+    async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
+        self._write("delete")
+        return await super().delete(stream_id, key)
+
+
+class FullDiskSegmentWriter(MemorySegmentWriter):
+    """Stores what fits in the store's ``room``, then fails like a full disk."""
+
+    def __init__(self, store: FullDiskSegmentStore, key: str) -> None:
+        super().__init__(store, key)
+        self._disk = store
+
+    async def append(self, data: bytes) -> int:
+        fits = data[: max(self._disk.room, 0)]
+        self._disk.room -= len(fits)
+        await super().append(fits)
+        if len(fits) < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/segments/x/00000000")
+        return self.size
+
+    async def sync(self) -> None:
+        if self._disk.sync_error is not None:
+            raise self._disk.sync_error
+        await super().sync()
+
+
+class FullDiskSegmentStore(MemorySegmentStore):
+    """A segment store on a disk with ``room`` bytes left (None: unlimited)."""
+
+    def __init__(self, room: int | None = None) -> None:
+        super().__init__()
+        self.room = room if room is not None else 1 << 62
+        self.sync_error: OSError | None = None
+
+    async def open_writer(self, key: str) -> FullDiskSegmentWriter:
+        if key not in self.blobs:
+            raise StreamNotFound(key)
+        return FullDiskSegmentWriter(self, key)
+
+
+class FakeSpace:
+    """A SpaceGuard (app/storage/space.py) with the free space set by the test.
+    Releasing the reserve clears ``repo.full``, as freeing 4 MiB would."""
+
+    def __init__(
+        self, *, free: int = 1 << 40, min_free: int = 0, repo: FailingMetadataRepo | None = None
+    ) -> None:
+        self.free = free
+        self.min_free = min_free
+        self.repo = repo
+        self.reserved = True
+        self.released = 0
+        self.consumed_bytes = 0
+
+    def require(self) -> None:
+        if self.min_free and self.free < self.min_free:
+            raise InsufficientStorage("The disk is below limits.min_free_bytes.")
+
+    def consumed(self, size: int) -> None:
+        self.consumed_bytes += size
+
+    def release_reserve(self) -> bool:
+        if not self.reserved:
+            return False
+        self.reserved = False
+        self.released += 1
+        if self.repo is not None:
+            self.repo.full = False
+        return True
+
+    def refresh(self) -> None:
+        return None

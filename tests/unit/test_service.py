@@ -30,7 +30,6 @@ from tests.unit.fakes import (
 )
 
 
-
 @pytest.fixture
 async def service() -> AsyncIterator[StreamService]:
     async with running_service() as running:
