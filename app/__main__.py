@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         log_config=None,
         access_log=False,  # AccessLog logs requests without secrets
-        http=WeftHttpProtocol,
+        http=WeftHttpProtocol.configured(settings.http),
         h11_max_incomplete_event_size=settings.limits.header_bytes,
         timeout_graceful_shutdown=2,  # then open tails are cut; their clients resume
     )

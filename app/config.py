@@ -37,6 +37,13 @@ class Limits(_Strict):
     min_free_bytes: int = Field(64 * 1024 * 1024, ge=0)  # 0: no free-space check
 
 
+class Http(_Strict):
+    # Seconds a connection may take to send a complete request head.
+    header_timeout: float = Field(30, gt=0)
+    # Seconds a response may wait on a client that takes none of its bytes.
+    send_timeout: float = Field(300, gt=0)
+
+
 class Retention(_Strict):
     complete_after: float | None = Field(None, gt=0)
 
@@ -61,6 +68,7 @@ class Settings(_Strict):
     log_format: Literal["text", "json"] = "text"
     durability: Durability = Durability()
     limits: Limits = Limits()
+    http: Http = Http()
     retention: Retention = Retention()
 
     @property

@@ -28,6 +28,8 @@ def test_defaults_match_the_spec() -> None:
     assert settings.limits.metadata_bytes == 16 * 1024
     assert settings.limits.stream_bytes is None
     assert settings.limits.header_bytes >= 16 * 1024
+    assert settings.http.header_timeout == 30
+    assert settings.http.send_timeout == 300
     assert settings.resolved_database_url.startswith("sqlite")
     assert "data" in settings.resolved_database_url
 
@@ -52,7 +54,7 @@ def test_every_key_in_repository_config_yaml_is_a_real_key() -> None:
     walk(raw, Settings, "")
     # The file documents every setting, nested ones included.
     assert set(raw) == set(Settings.model_fields)
-    for section in ("durability", "limits", "retention"):
+    for section in ("durability", "limits", "http", "retention"):
         assert set(raw[section]) == set(type(getattr(Settings(), section)).model_fields)
 
 
@@ -98,6 +100,13 @@ def test_env_nested_key_overrides_one_value(tmp_path: Path) -> None:
     assert settings.limits.metadata_bytes == 2048
 
 
+def test_http_timeouts_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, {"http": {"header_timeout": 1.5, "send_timeout": 2}})
+    settings = load_settings(path, environ={"WEFT_HTTP__HEADER_TIMEOUT": "0.25"})
+    assert settings.http.header_timeout == 0.25
+    assert settings.http.send_timeout == 2
+
+
 def test_env_text_values_stay_text() -> None:
     settings = load_settings(None, environ={"WEFT_SIGNING_KEY": "s3cret", "WEFT_HOST": "::1"})
     assert settings.signing_key == "s3cret"
@@ -130,6 +139,10 @@ def test_keyword_overrides_win_and_none_means_unset(tmp_path: Path) -> None:
         ({"tokens": [{"token": "t", "scopes": ["root"]}]}, "tokens"),
         ({"tokens": [{"token": "t", "scope": ["read"]}]}, "tokens"),
         ({"log_level": "loud"}, "log_level"),
+        ({"http": {"header_timeout": 0}}, "http.header_timeout"),
+        ({"http": {"send_timeout": -5}}, "http.send_timeout"),
+        ({"http": {"send_timeout": "long"}}, "http.send_timeout"),
+        ({"http": {"idle_timeout": 5}}, "http.idle_timeout"),
     ],
 )
 def test_unknown_key_or_wrong_type_raises_config_error_naming_the_key(
@@ -147,6 +160,7 @@ def test_unknown_key_or_wrong_type_raises_config_error_naming_the_key(
         ({"WEFT_PORT": "http"}, "port"),
         ({"WEFT_LIMITS__STREAM_BYTES": "lots"}, "limits.stream_bytes"),
         ({"WEFT_LIMITS__NOPE": "1"}, "limits.nope"),
+        ({"WEFT_HTTP__SEND_TIMEOUT": "0"}, "http.send_timeout"),
     ],
 )
 def test_bad_environment_variable_raises_config_error_naming_the_key(
