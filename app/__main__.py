@@ -7,11 +7,13 @@ import gc
 import ipaddress
 import logging
 import resource
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
-from app.api.protocol import WeftHttpProtocol
+from app.api.protocol import SHUTDOWN_GRACE, WeftHttpProtocol
 from app.config import load_settings
 from app.errors import ConfigError
 from app.logs import configure_logging
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(
             "no tokens configured: the API is open to anyone who can reach %s", settings.host
         )
+    # uvicorn stops gracefully on SIGTERM and SIGINT, then raises the signal
+    # again for the previous handler: a stop asked for is a clean exit (0), not
+    # death by signal or a KeyboardInterrupt traceback.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_quietly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -68,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # AccessLog logs requests without secrets
         http=WeftHttpProtocol.configured(settings.http),
         h11_max_incomplete_event_size=settings.limits.header_bytes,
-        timeout_graceful_shutdown=2,  # then open tails are cut; their clients resume
+        # WeftHttpProtocol.shutdown ends requests first; this only catches a task
+        # that ignores its disconnect.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE + 1,
     )
     return 0
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

@@ -51,10 +51,13 @@ def failure_message(exc: BaseException) -> str:
 
 
 async def pump(receive: Receive, producer: Producer, first: Message | None = None) -> bool:
-    """Append body messages until the body ends (True) or the client goes (False)."""
+    """Append body messages until the body ends (True) or the client goes (False).
+    A client that goes, or is cut by a server stop, leaves the stream live and
+    resumable at its size: the one log line that says so."""
     message = first if first is not None else await receive()
     while True:
         if message["type"] == "http.disconnect":
+            log.info("stream_left_live stream_id=%s offset=%d", producer.stream_id, producer.size)
             return False
         body = message.get("body", b"")
         if body:
@@ -114,7 +117,6 @@ class ProduceEndpoint:
                 if pending is not None:
                     first = await pending
                 if not await pump(receive, producer, first):
-                    log.info("producer_disconnected stream_id=%s size=%d", info.id, producer.size)
                     return
                 result: dict[str, Any] = summary(await producer.complete())
             except (WeftError, OSError) as exc:

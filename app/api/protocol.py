@@ -25,6 +25,9 @@ DEFAULT_HEAD_LIMIT = 64 * 1024
 # a stalled client is cut between 3/4 and 5/4 of the timeout.
 CHECKS_PER_TIMEOUT = 4
 MAX_CHECK_INTERVAL = 5.0
+# Seconds a request still running at a server stop has to finish before its
+# connection is cut (uvicorn's timeout_graceful_shutdown must be longer).
+SHUTDOWN_GRACE = 2
 
 log = logging.getLogger("weft.http")
 
@@ -121,6 +124,7 @@ class WeftHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_begun = False  # a byte of the next request has arrived
         self._send_timer: asyncio.TimerHandle | None = None
+        self._stop_timer: asyncio.TimerHandle | None = None
         self._check_interval = min(self.send_timeout / CHECKS_PER_TIMEOUT, MAX_CHECK_INTERVAL)
         self._meter: MeteredTransport | None = None
         self._fd = -1
@@ -139,11 +143,25 @@ class WeftHttpProtocol(HttpToolsProtocol):
         self._send_timer = self.loop.call_later(self._check_interval, self._check_send)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._send_timer):
+        for timer in (self._head_timer, self._send_timer, self._stop_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._send_timer = None
+        self._head_timer = self._send_timer = self._stop_timer = None
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """A server stop. A producer's body and an open-ended (chunked) response
+        may never end, so they are cut at once, as a client's disconnect would
+        (the stream stays live and resumable); anything else has SHUTDOWN_GRACE
+        seconds to finish. Either way the request's task ends on the disconnect
+        instead of being cancelled with a traceback."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or cycle.more_body or cycle.chunked_encoding:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+        assert self._meter is not None
+        self._stop_timer = self.loop.call_later(SHUTDOWN_GRACE, self._meter.abort)
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is not None:
