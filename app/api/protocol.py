@@ -1,6 +1,7 @@
 """uvicorn's httptools protocol with Weft's edge rules: errors of the HTTP
 parser are JSON like every other error (SPEC §7), a request head larger than
-``limits.header_bytes`` is refused (httptools itself has no limit), and the two
+``limits.header_bytes`` is refused (httptools itself has no limit), so is a
+transfer coding other than chunked (501), and the two
 HTTP timeouts of SPEC §8 (``http.header_timeout``, ``http.send_timeout``). It
 also spares the ingest path two copies of every body byte."""
 
@@ -33,6 +34,10 @@ log = logging.getLogger("weft.http")
 
 
 class HeadTooLarge(Exception):
+    pass
+
+
+class UnknownCoding(Exception):
     pass
 
 
@@ -169,6 +174,9 @@ class WeftHttpProtocol(HttpToolsProtocol):
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
+        if self._unknown_coding():
+            # Before the request reaches the app, so nothing is created or stored.
+            raise UnknownCoding  # the parser turns this into HttpParserCallbackError
         # A body may then pause for any time: only the head has a deadline.
         self._head_begun = False
         if self._head_timer is not None:
@@ -276,8 +284,24 @@ class WeftHttpProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
         cycle.message_event.set()
 
+    def _unknown_coding(self) -> bool:
+        """A transfer coding other than chunked (``gzip, chunked``, ``gzip``):
+        httptools would pass a gzip body on undecoded, as if it were the stream."""
+        for name, value in self.headers or ():
+            if name == b"transfer-encoding":
+                codings = (c.strip().lower() for c in value.split(b","))
+                if any(c and c != b"chunked" for c in codings):
+                    return True
+        return False
+
     def send_400_response(self, msg: str) -> None:
-        if self._head_too_large:
+        if self._unknown_coding():
+            self._send_error(
+                501,
+                "No transfer coding but chunked is supported: send the body as it is, "
+                "chunked or with a Content-Length.",
+            )
+        elif self._head_too_large:
             self._send_error(431, f"The request head is larger than {self._head_limit} bytes.")
         else:
             self._send_error(400, "The request is not valid HTTP/1.1.")
