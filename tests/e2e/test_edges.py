@@ -91,3 +91,15 @@ def test_plain_chunked_in_any_case_is_still_accepted(
     )
     assert raw_request(edge.port, head, CHUNKED_HELLO).startswith(b"HTTP/1.1 201 ")
     assert http.get(f"/stream/{stream_id}").content == b"hello"
+
+
+@pytest.mark.parametrize(("path", "status"), [("/healthz", "ok"), ("/readyz", "ready")])
+def test_health_endpoints_answer_head_like_get_without_a_token(
+    edge: ServerProcess, path: str, status: str
+) -> None:
+    got = httpx.get(edge.url + path)
+    assert got.status_code == 200 and got.json() == {"status": status}
+    head = httpx.head(edge.url + path)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == got.headers["content-length"]
