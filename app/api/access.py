@@ -11,12 +11,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.metrics import Metrics
 
 log = logging.getLogger("weft.access")
-SECRET_PARAMS = {"signature"}
+# Share-link signatures, and tokens a client may put in the URL even though
+# Weft reads them only from the Authorization header (SPEC §6).
+SECRET_PARAMS = {"signature", "token", "access_token"}
 
 
 def redacted_query(raw: bytes) -> str:
     pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
-    return urlencode([(k, "REDACTED" if k in SECRET_PARAMS else v) for k, v in pairs])
+    return urlencode([(k, "REDACTED" if k.lower() in SECRET_PARAMS else v) for k, v in pairs])
 
 
 class AccessLog:

@@ -14,6 +14,7 @@ from tests.e2e.helpers import (
     module_server,
     open_producer,
     unique_id,
+    wait_for,
     wait_for_offset,
     wait_until_resumable,
 )
@@ -103,3 +104,18 @@ def test_health_endpoints_answer_head_like_get_without_a_token(
     assert head.status_code == 200
     assert head.content == b""
     assert head.headers["content-length"] == got.headers["content-length"]
+
+
+@pytest.mark.parametrize("name", ["access_token", "token", "signature", "Access_Token"])
+def test_secrets_in_the_query_string_are_redacted_in_the_access_log(
+    edge: ServerProcess, http: httpx.Client, name: str
+) -> None:
+    marker = unique_id("logged")
+    secret = unique_id("query-secret")
+    http.get("/streams", params={name: secret, "prefix": marker})
+    line = wait_for(
+        lambda: next((line for line in edge.log if marker in line), None), "the access log line"
+    )
+    assert f"{name}=REDACTED" in line, line
+    assert f"prefix={marker}" in line
+    assert not any(secret in line for line in edge.log)
