@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from app.api import health, manage, spy, streams, tus, ui
 from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
+from app.api.openapi import install_openapi
 from app.api.paths import EncodedSlashGuard
 from app.api.produce import ProduceEndpoint, ProduceRoute
 from app.auth import Authenticator, Signer, load_signing_key
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.auth = Authenticator(settings.token_specs())
     install_error_handlers(app)
+    install_openapi(app)
     produce = ProduceEndpoint()
     for path in ("/stream", "/stream/", "/stream/{stream_id}"):
         app.router.routes.append(ProduceRoute(path, produce, methods=["POST"]))
