@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import health, manage, spy, streams, tus, ui
+from app.api import docs, health, manage, spy, streams, tus, ui
 from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
 from app.api.openapi import install_openapi
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Weft",
         summary="Live stream recording over HTTP",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # app.api.docs serves it with local assets
         redoc_url=None,
     )
     metrics = Metrics()
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(manage.router)
     app.include_router(health.router)
     app.include_router(ui.router)
+    app.include_router(docs.router)
     app.add_middleware(EncodedSlashGuard)
     app.add_middleware(AccessLog, metrics=metrics)
     return app
