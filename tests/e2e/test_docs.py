@@ -91,8 +91,10 @@ def test_docs_render_the_operations_in_a_browser(
         paths = wait_until(
             driver,
             "the operations",
-            lambda d: len(d.find_elements("css selector", ".opblock-summary-path")) >= 20
-            and d.find_elements("css selector", ".opblock-summary-path"),
+            lambda d: (
+                len(d.find_elements("css selector", ".opblock-summary-path")) >= 20
+                and d.find_elements("css selector", ".opblock-summary-path")
+            ),
         )
         shown = {element.get_attribute("data-path") for element in paths}
         assert {"/stream", "/stream/{stream_id}", "/files/{upload_id}"} <= shown
