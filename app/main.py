@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import health, manage, spy, streams, tus, ui
+from app.api import docs, health, manage, spy, streams, tus, ui
 from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
+from app.api.openapi import install_openapi
 from app.api.paths import EncodedSlashGuard
 from app.api.produce import ProduceEndpoint, ProduceRoute
 from app.auth import Authenticator, Signer, load_signing_key
@@ -45,13 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Weft",
         summary="Live stream recording over HTTP",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # app.api.docs serves it with local assets
         redoc_url=None,
     )
     metrics = Metrics()
     app.state.settings = settings
     app.state.auth = Authenticator(settings.token_specs())
     install_error_handlers(app)
+    install_openapi(app)
     produce = ProduceEndpoint()
     for path in ("/stream", "/stream/", "/stream/{stream_id}"):
         app.router.routes.append(ProduceRoute(path, produce, methods=["POST"]))
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(manage.router)
     app.include_router(health.router)
     app.include_router(ui.router)
+    app.include_router(docs.router)
     app.add_middleware(EncodedSlashGuard)
     app.add_middleware(AccessLog, metrics=metrics)
     return app

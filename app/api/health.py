@@ -6,16 +6,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep
+from app.api.openapi import Status, errors
 
-router = APIRouter()
+router = APIRouter(tags=["health"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"])
+@router.get("/healthz", response_model=Status)
+@router.head("/healthz", response_model=Status)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"])
+@router.get("/readyz", response_model=Status, responses=errors(503))
+@router.head("/readyz", response_model=Status, responses=errors(503))
 async def readyz(service: ServiceDep) -> dict[str, str]:
     await service.store.check()
     await service.repo.check()

@@ -11,13 +11,27 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.bodies import read_json
 from app.api.deps import AdminAuth, ReadAuth, ServiceDep, StreamReadAuth
+from app.api.openapi import (
+    COUNT,
+    META_FILTER,
+    SHARE_LINK,
+    STATE,
+    ShareLink,
+    StreamInfoBody,
+    StreamList,
+    errors,
+    in_header,
+    in_query,
+    json_body,
+    params,
+)
 from app.api.spy import meta_filters
 from app.auth import Signer
 from app.errors import InvalidInput
 from app.streams.listing import build_query
 from app.streams.models import metadata_matches, parse_count
 
-router = APIRouter()
+router = APIRouter(tags=["manage"])
 HEARTBEAT_SECONDS = 15.0
 MAX_SHARE_TTL = 365 * 24 * 3600
 
@@ -31,13 +45,33 @@ def share_ttl(body: Any) -> float:
     return float(ttl)
 
 
-@router.get("/streams/{stream_id}")
+@router.get(
+    "/streams/{stream_id}",
+    response_model=StreamInfoBody,
+    responses=errors(400, 401, 403, 404),
+    openapi_extra=params(*SHARE_LINK),
+)
 async def stream_info(stream_id: str, service: ServiceDep, _auth: StreamReadAuth) -> JSONResponse:
     info = await service.info(stream_id)
     return JSONResponse(info.to_json())
 
 
-@router.get("/streams")
+@router.get(
+    "/streams",
+    response_model=StreamList,
+    description=f"Newest first. {META_FILTER}",
+    responses=errors(400, 401, 403),
+    openapi_extra=params(
+        in_query("state", "Only streams in this state.", STATE),
+        in_query("prefix", "Only ids that start with this."),
+        in_query(
+            "limit",
+            "At most this many (default 100).",
+            {"type": "integer", "minimum": 1, "maximum": 1000},
+        ),
+        in_query("cursor", "The `next` of the previous page."),
+    ),
+)
 async def list_streams(request: Request, service: ServiceDep, _auth: ReadAuth) -> JSONResponse:
     query = request.query_params
     page, cursor = await service.list_page(
@@ -54,7 +88,12 @@ async def list_streams(request: Request, service: ServiceDep, _auth: ReadAuth) -
     return JSONResponse({"streams": [info.to_json() for info in page], "next": cursor})
 
 
-@router.post("/streams/{stream_id}/share")
+@router.post(
+    "/streams/{stream_id}/share",
+    response_model=ShareLink,
+    responses=errors(400, 401, 403, 404, 413),
+    openapi_extra=params(body=json_body("ShareRequest", "How long the link reads the stream.")),
+)
 async def share_stream(
     stream_id: str, request: Request, service: ServiceDep, _auth: ReadAuth
 ) -> dict[str, str]:
@@ -71,7 +110,17 @@ async def share_stream(
     }
 
 
-@router.get("/events")
+@router.get(
+    "/events",
+    response_class=StreamingResponse,
+    description=(
+        "Server-Sent Events, endless: `event:` is created, completed, abandoned or deleted "
+        f"and `data:` the stream's info as JSON. {META_FILTER}"
+    ),
+    responses=errors(400, 401, 403)
+    | {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    openapi_extra=params(in_header("Last-Event-ID", "Resume after this event id.", COUNT)),
+)
 async def events(request: Request, service: ServiceDep, _auth: ReadAuth) -> StreamingResponse:
     after = parse_count(request.headers.get("last-event-id") or None, "Last-Event-ID")
     filters = meta_filters(request)
@@ -92,7 +141,17 @@ async def events(request: Request, service: ServiceDep, _auth: ReadAuth) -> Stre
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses=errors(401, 403)
+    | {
+        200: {
+            "description": "Prometheus text format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(service: ServiceDep, _auth: AdminAuth) -> Response:
     for state, count in (await service.count_by_state()).items():
         service.metrics.streams.labels(state.value).set(count)

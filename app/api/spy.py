@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import ReadAuth, ServiceDep
+from app.api.openapi import META_FILTER, errors, flag_query, params
 from app.api.produce import flag
 from app.streams.spy import Spy
 
-router = APIRouter()
+router = APIRouter(tags=["streams"])
 
 
 def meta_filters(request: Request) -> dict[str, list[str]]:
@@ -20,7 +21,19 @@ def meta_filters(request: Request) -> dict[str, list[str]]:
     return filters
 
 
-@router.get("/spy")
+@router.get(
+    "/spy",
+    response_class=StreamingResponse,
+    description=(
+        "One endless text response multiplexing every live stream: START: {id}, "
+        "{id}: before a run of its lines, END: {id}. " + META_FILTER
+    ),
+    responses=errors(401, 403) | {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    openapi_extra=params(
+        flag_query("color", "Each stream in its own ANSI colour."),
+        flag_query("replay", "Show streams live at connect from their start."),
+    ),
+)
 async def spy(request: Request, service: ServiceDep, _auth: ReadAuth) -> StreamingResponse:
     query = request.query_params
     body = Spy(

@@ -10,12 +10,27 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import AdminAuth, HeadAuth, ServiceDep, StreamReadAuth, WriteAuth
+from app.api.openapi import (
+    COUNT,
+    SHARE_LINK,
+    STREAM_HEADERS,
+    UPLOAD_OFFSET,
+    DeletedBuild,
+    errors,
+    flag_query,
+    in_header,
+    in_query,
+    no_body,
+    octets,
+    params,
+    raw_body,
+)
 from app.api.produce import content_length, flag, pump
 from app.api.ranges import parse_range
 from app.errors import InvalidInput
 from app.streams.models import StreamInfo, StreamState, parse_count, rfc3339
 
-router = APIRouter()
+router = APIRouter(tags=["streams"])
 
 
 def stream_headers(info: StreamInfo) -> dict[str, str]:
@@ -45,7 +60,13 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-@router.head("/stream/{stream_id}")
+@router.head(
+    "/stream/{stream_id}",
+    response_class=Response,
+    responses=errors(400, 401, 403, 404)
+    | {200: no_body("GET's headers, no body.", **STREAM_HEADERS, Upload_Offset="The size.")},
+    openapi_extra=params(*SHARE_LINK),
+)
 async def head_stream(stream_id: str, service: ServiceDep, _auth: HeadAuth) -> Response:
     info = await service.info(stream_id)
     headers = stream_headers(info)
@@ -58,7 +79,28 @@ async def head_stream(stream_id: str, service: ServiceDep, _auth: HeadAuth) -> R
     return response
 
 
-@router.get("/stream/{stream_id}", response_model=None)
+@router.get(
+    "/stream/{stream_id}",
+    response_class=Response,
+    responses=errors(400, 401, 403, 404, 416)
+    | {
+        200: octets(
+            "The content: a finished stream's whole, then the end; a live one's so far, "
+            "then each chunk as it is stored until the stream leaves live (chunked).",
+            **STREAM_HEADERS,
+            X_Stream_Offset="The offset the body starts at, with ?offset.",
+        ),
+        206: octets("The requested range of a finished stream.", Content_Range="bytes a-b/size"),
+        304: no_body("If-None-Match matched the ETag of a finished stream."),
+    },
+    openapi_extra=params(
+        in_query("offset", "Start at this byte (a live stream waits for it).", COUNT),
+        flag_query("notail", "Only what is stored now, then end."),
+        in_header("Range", "bytes=a-b or bytes=-n on a finished stream (206); ignored when live."),
+        in_header("If-None-Match", "An ETag: 304 when a finished stream has it."),
+        *SHARE_LINK,
+    ),
+)
 async def get_stream(
     stream_id: str, request: Request, service: ServiceDep, _auth: StreamReadAuth
 ) -> Response:
@@ -84,7 +126,31 @@ async def get_stream(
     return StreamingResponse(reader, status_code=status, headers=headers)
 
 
-@router.patch("/stream/{stream_id}", status_code=204)
+@router.patch(
+    "/stream/{stream_id}",
+    status_code=204,
+    response_class=Response,
+    responses=errors(
+        400,
+        401,
+        403,
+        404,
+        409,
+        413,
+        503,
+        507,
+        notes={
+            409: "The offset is not the size (Upload-Offset tells it), the stream is "
+            "not live, or another producer is writing."
+        },
+    )
+    | {204: no_body("Stored.", Upload_Offset="The new size.")},
+    openapi_extra=params(
+        UPLOAD_OFFSET,
+        in_header("Upload-Complete", "?1: complete the stream once this body is stored."),
+        body=raw_body("application/octet-stream", "Bytes to append."),
+    ),
+)
 async def resume_stream(
     stream_id: str, request: Request, service: ServiceDep, _auth: WriteAuth
 ) -> Response:
@@ -105,13 +171,21 @@ async def resume_stream(
     return Response(status_code=204, headers={"Upload-Offset": str(size)})
 
 
-@router.delete("/stream/build/{build_id}")
+@router.delete(
+    "/stream/build/{build_id}", response_model=DeletedBuild, responses=errors(401, 403, 503)
+)
 async def delete_build(build_id: str, service: ServiceDep, _auth: AdminAuth) -> dict[str, Any]:
     deleted = await service.delete_build(build_id)
     return {"status": "deleted", "buildId": build_id, "deleted": deleted}
 
 
-@router.delete("/stream/{stream_id}", status_code=204)
+@router.delete(
+    "/stream/{stream_id}",
+    status_code=204,
+    response_class=Response,
+    responses=errors(400, 401, 403, 404, 503)
+    | {204: no_body("Deleted: its bytes and metadata are gone.")},
+)
 async def delete_stream(stream_id: str, service: ServiceDep, _auth: AdminAuth) -> Response:
     await service.info(stream_id)  # validates the id
     await service.delete(stream_id)

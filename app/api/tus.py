@@ -36,6 +36,16 @@ from starlette.types import Receive
 
 from app.api.deps import ServiceDep, WriteAuth, require_write
 from app.api.errors import error_response
+from app.api.openapi import (
+    COUNT,
+    TUS_RESUMABLE,
+    TUS_UPLOAD,
+    errors,
+    in_header,
+    no_body,
+    params,
+    raw_body,
+)
 from app.api.produce import pump
 from app.api.tus_headers import (
     CHECKSUM_BODY_LIMIT,
@@ -90,19 +100,75 @@ class TusRoute(APIRoute):
         return handle
 
 
-router = APIRouter(route_class=TusRoute)
+router = APIRouter(route_class=TusRoute, tags=["tus"], default_response_class=Response)
+
+UPLOAD_BODY = "application/offset+octet-stream"
+DISCOVERY: dict[int | str, Any] = {
+    204: no_body(
+        "The server's tus capabilities (also the CORS preflight answer).",
+        Tus_Version="1.0.0",
+        Tus_Extension="The supported extensions.",
+        Tus_Max_Size="limits.stream_bytes, when set.",
+        Tus_Checksum_Algorithm="sha1,sha256,md5",
+    )
+}
+LENGTH = in_header("Upload-Length", "The upload's total size.", COUNT)
+METADATA = in_header("Upload-Metadata", "Comma-separated 'key base64value' pairs.")
+CHECKSUM = in_header("Upload-Checksum", "'<algorithm> <base64 digest>' of the body.")
+DEFER = in_header(
+    "Upload-Defer-Length", "1: the length is sent later.", {"type": "string", "enum": ["1"]}
+)
+APPEND: dict[str, Any] = {
+    "status_code": 204,
+    "responses": errors(400, 401, 403, 404, 409, 410, 412, 413, 415, 423, 460, 503, 507)
+    | {204: no_body("Stored.", **TUS_UPLOAD)},
+    "openapi_extra": params(
+        TUS_RESUMABLE,
+        in_header("Upload-Offset", "The upload's current offset.", COUNT, required=True),
+        LENGTH,
+        CHECKSUM,
+        body=raw_body(UPLOAD_BODY, "Bytes to append at Upload-Offset.", required=True),
+    ),
+}
 
 
-@router.options("/files")
-@router.options("/files/")
-@router.options("/files/{upload_id}")
+@router.options("/files", status_code=204, responses=DISCOVERY)
+@router.options("/files/", status_code=204, responses=DISCOVERY)
 async def discover(request: Request) -> Response:
     max_size = request.app.state.settings.limits.stream_bytes
     return Response(status_code=204, headers=options_headers(max_size))
 
 
-@router.post("/files")
-@router.post("/files/")
+@router.options("/files/{upload_id}", status_code=204, responses=DISCOVERY)
+async def discover_upload(upload_id: str, request: Request) -> Response:
+    # upload_id only names the path parameter: discovery is the same for every upload.
+    return await discover(request)
+
+
+CREATE: dict[str, Any] = {
+    "status_code": 201,
+    "responses": errors(400, 401, 403, 412, 413, 460, 503, 507)
+    | {
+        201: no_body(
+            "Created: a live stream with the same id.",
+            Location="/files/{id}",
+            X_Stream_Id="The upload's (and stream's) id.",
+            **TUS_UPLOAD,
+        )
+    },
+    "openapi_extra": params(
+        TUS_RESUMABLE,
+        LENGTH,
+        DEFER,
+        METADATA,
+        CHECKSUM,
+        body=raw_body(UPLOAD_BODY, "creation-with-upload: the first bytes."),
+    ),
+}
+
+
+@router.post("/files", **CREATE)
+@router.post("/files/", **CREATE)
 async def create_upload(request: Request, service: ServiceDep, _auth: WriteAuth) -> Response:
     headers = request.headers
     length = parse_count(headers.get("upload-length"), "Upload-Length")
@@ -143,24 +209,65 @@ async def create_upload(request: Request, service: ServiceDep, _auth: WriteAuth)
     return Response(status_code=201, headers=created | _expiry(service, info.id))
 
 
-@router.head("/files/{upload_id}")
+@router.head(
+    "/files/{upload_id}",
+    responses=errors(400, 401, 403, 404, 410, 412)
+    | {
+        200: no_body(
+            "The upload's offset.",
+            Upload_Length="Its total size, when declared.",
+            Upload_Defer_Length="1 while its length is not declared.",
+            Upload_Metadata="Its metadata.",
+            **TUS_UPLOAD,
+        )
+    },
+    openapi_extra=params(TUS_RESUMABLE),
+)
 async def upload_offset(upload_id: str, service: ServiceDep, _auth: WriteAuth) -> Response:
     return await _head(service, upload_id)
 
 
-@router.patch("/files/{upload_id}")
+@router.patch("/files/{upload_id}", **APPEND)
 async def append_upload(
     upload_id: str, request: Request, service: ServiceDep, _auth: WriteAuth
 ) -> Response:
     return await _patch(request, service, upload_id)
 
 
-@router.delete("/files/{upload_id}")
+@router.delete(
+    "/files/{upload_id}",
+    status_code=204,
+    responses=errors(400, 401, 403, 404, 412, 503, notes={404: "No such upload made at /files/."})
+    | {204: no_body("Terminated: the upload and its stream are gone.")},
+    openapi_extra=params(TUS_RESUMABLE),
+)
 async def terminate_upload(upload_id: str, request: Request, service: ServiceDep) -> Response:
     return await _terminate(request, service, upload_id)
 
 
-@router.post("/files/{upload_id}")
+@router.post(
+    "/files/{upload_id}",
+    status_code=204,
+    description="X-HTTP-Method-Override: PATCH, HEAD or DELETE runs that method.",
+    responses=errors(400, 401, 403, 404, 405, 409, 410, 412, 413, 415, 423, 460, 503, 507)
+    | {
+        200: no_body("HEAD's answer.", **TUS_UPLOAD),
+        204: no_body("PATCH's or DELETE's answer.", **TUS_UPLOAD),
+    },
+    openapi_extra=params(
+        TUS_RESUMABLE,
+        in_header(
+            "X-HTTP-Method-Override",
+            "The method to run.",
+            {"type": "string", "enum": ["PATCH", "HEAD", "DELETE"]},
+            required=True,
+        ),
+        in_header("Upload-Offset", "For PATCH: the upload's current offset.", COUNT),
+        LENGTH,
+        CHECKSUM,
+        body=raw_body(UPLOAD_BODY, "For PATCH: bytes to append."),
+    ),
+)
 async def method_override(upload_id: str, request: Request, service: ServiceDep) -> Response:
     method = request.headers.get("x-http-method-override", "").strip().upper()
     if method == "DELETE":

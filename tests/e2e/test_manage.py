@@ -220,3 +220,10 @@ def test_healthz_and_readyz_answer_200(http: httpx.Client) -> None:
     ready = http.get("/readyz")
     assert ready.status_code == 200
     assert ready.headers["content-type"] == "application/json"
+
+
+def test_healthz_and_readyz_answer_head_too(http: httpx.Client) -> None:
+    for path in ("/healthz", "/readyz"):
+        response = http.head(path)
+        assert response.status_code == 200, path
+        assert response.content == b""
