@@ -1,17 +1,27 @@
 """uvicorn's httptools protocol with Weft's two edge rules: errors of the HTTP
 parser are JSON like every other error (SPEC §7), and a request head larger
 than ``limits.header_bytes`` is refused (httptools itself has no limit). It
-also spares the ingest path two copies of every body byte."""
+also spares the ingest path two copies of every body byte, and lets a response
+be cut (``CUT_EXTENSION``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 DEFAULT_HEAD_LIMIT = 64 * 1024
+# scope["extensions"][CUT_EXTENSION](): close the connection in the middle of a
+# response body, quietly. An app that just stops sending gets the same close,
+# but with an error line and a traceback from uvicorn for every such response.
+CUT_EXTENSION = "weft.cut"
 
 
 class HeadTooLarge(Exception):
@@ -24,6 +34,15 @@ class WeftHttpProtocol(HttpToolsProtocol):
         self._head_limit = config.h11_max_incomplete_event_size or DEFAULT_HEAD_LIMIT
         self._head_bytes = 0
         self._head_too_large = False
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        def cut() -> None:
+            cycle.disconnected = True  # so the cycle neither sends more nor complains
+            self.transport.close()
+
+        extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
+        extensions[CUT_EXTENSION] = cut
+        super()._start_asgi_task(cycle, app)
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0
