@@ -1,4 +1,5 @@
-"""``python -m app [--config PATH] [--host HOST] [--port PORT]`` (also the ``weft`` command)."""
+"""``python -m app [--config PATH] [--host HOST] [--port PORT]`` (also the ``weft``
+command), and ``python -m app verify [--config PATH] [ID...]`` (app/verify.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from app import verify
 from app.api.protocol import SHUTDOWN_GRACE, WeftHttpProtocol
 from app.config import load_settings
 from app.errors import ConfigError
@@ -40,6 +42,9 @@ def _raise_fd_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        return verify.main(argv[1:])
     parser = argparse.ArgumentParser(prog="weft", description="Weft live stream server")
     parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
     parser.add_argument("--host", help="address to listen on (overrides the config)")

@@ -160,5 +160,27 @@ class InsufficientStorage(WeftError):
     message = "The server is out of disk space; nothing more can be stored until space is freed."
 
 
+class BodyCut(WeftError):
+    """A response body that has started cannot be completed: the connection is
+    closed without ending the body, so the client cannot take what it got for
+    the whole (SPEC §8 "Integrity")."""
+
+    message = "The response was cut short."
+
+
+class CorruptBlock(BodyCut):
+    """A stored block failed its checksum, or the segment holds fewer or more
+    bytes than its checksums cover. ``offset`` is the stream offset of the
+    first byte that is not good; ``uncovered`` says that the bytes from there
+    on merely have no checksum (appended after the last one was written)."""
+
+    def __init__(
+        self, key: str, segment: int, block: int, offset: int, flaw: str, *, uncovered: bool
+    ) -> None:
+        self.key, self.segment, self.block, self.offset = key, segment, block, offset
+        self.flaw, self.uncovered = flaw, uncovered
+        super().__init__(f"Block {block} of segment {segment} is corrupt ({flaw}).")
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the offending key."""

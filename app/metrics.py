@@ -25,6 +25,11 @@ class Metrics:
         self.live_producers = Gauge(
             "weft_live_producers", "Producers attached to streams.", registry=self.registry
         )
+        self.corrupt_blocks = Counter(
+            "weft_corrupt_blocks",
+            "Stored blocks that failed verification when read or recovered.",
+            registry=self.registry,
+        )
         self.requests = Counter(
             "weft_http_requests",
             "HTTP requests by method, route and status.",

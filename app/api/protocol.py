@@ -1,9 +1,10 @@
 """uvicorn's httptools protocol with Weft's edge rules: errors of the HTTP
 parser are JSON like every other error (SPEC §7), a request head larger than
 ``limits.header_bytes`` is refused (httptools itself has no limit), so is a
-transfer coding other than chunked (501), and the two
-HTTP timeouts of SPEC §8 (``http.header_timeout``, ``http.send_timeout``). It
-also spares the ingest path two copies of every body byte."""
+transfer coding other than chunked (501), and the two HTTP timeouts of
+SPEC §8 (``http.header_timeout``, ``http.send_timeout``). It also spares the
+ingest path two copies of every body byte, and lets a response be cut
+(``CUT_EXTENSION``)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ import struct
 import termios
 from typing import Any, cast
 
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from app.config import Http
 
@@ -31,6 +37,11 @@ MAX_CHECK_INTERVAL = 5.0
 SHUTDOWN_GRACE = 2
 
 log = logging.getLogger("weft.http")
+
+# scope["extensions"][CUT_EXTENSION](): close the connection in the middle of a
+# response body, quietly. An app that just stops sending gets the same close,
+# but with an error line and a traceback from uvicorn for every such response.
+CUT_EXTENSION = "weft.cut"
 
 
 class HeadTooLarge(Exception):
@@ -249,6 +260,15 @@ class WeftHttpProtocol(HttpToolsProtocol):
         self._meter.abort()
 
     # -- the request head limit and JSON parser errors ------------------------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        def cut() -> None:
+            cycle.disconnected = True  # so the cycle neither sends more nor complains
+            self.transport.close()
+
+        extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
+        extensions[CUT_EXTENSION] = cut
+        super()._start_asgi_task(cycle, app)
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0

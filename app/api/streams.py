@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.api.deps import AdminAuth, HeadAuth, ServiceDep, StreamReadAuth, WriteAuth
 from app.api.openapi import (
@@ -26,8 +27,9 @@ from app.api.openapi import (
     raw_body,
 )
 from app.api.produce import content_length, flag, pump
+from app.api.protocol import CUT_EXTENSION
 from app.api.ranges import parse_range
-from app.errors import InvalidInput
+from app.errors import BodyCut, InvalidInput
 from app.streams.models import StreamInfo, StreamState, parse_count, rfc3339
 
 router = APIRouter(tags=["streams"])
@@ -58,6 +60,26 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
     return "*" in tags or etag in tags
+
+
+class StreamBody(StreamingResponse):
+    """A stream's bytes, which the reader may have to cut short (BodyCut): the
+    connection is then closed before the body ends, so the client sees an
+    incomplete response rather than a complete one with the wrong bytes."""
+
+    _cut: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._cut = scope.get("extensions", {}).get(CUT_EXTENSION)
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except BodyCut:
+            if self._cut is None:
+                raise  # another server: it closes the connection on an exception
+            self._cut()
 
 
 @router.head(
@@ -123,7 +145,7 @@ async def get_stream(
             headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{info.size}"
     if reader.end is not None:
         headers["Content-Length"] = str(reader.end - reader.start)
-    return StreamingResponse(reader, status_code=status, headers=headers)
+    return StreamBody(reader, status_code=status, headers=headers)
 
 
 @router.patch(

@@ -38,10 +38,15 @@ class SegmentStore(Protocol):
         """A writer positioned at the stored end. Raises StreamNotFound."""
 
     async def read(self, key: str, offset: int, limit: int) -> bytes:
-        """Up to limit bytes from offset; b"" at the stored end or for a deleted key."""
+        """Up to limit bytes from offset; b"" at the stored end or for a deleted key.
+        Raises CorruptBlock when the block at offset fails its checksum (bytes
+        before it are returned first); never returns bytes that failed."""
 
     async def size(self, key: str) -> int:
         """The stored size, from the segments themselves. Raises StreamNotFound."""
+
+    async def trim(self, key: str, size: int) -> None:
+        """Cut the stored bytes at size (recovery drops a corrupt end this way)."""
 
     async def delete(self, key: str) -> None:
         """Remove the stream's bytes; a missing key is not an error."""

@@ -3,6 +3,10 @@
 Bytes are pulled from the store by each reader up to a size the writer
 published after writing, so the switch from replay to tail neither misses nor
 repeats a byte, and a slow reader only falls behind on disk.
+
+A body that cannot be delivered whole (a block failed its checksum, bytes
+vanished underneath) raises BodyCut: the response is then cut, not ended, so
+no client mistakes it for the whole stream.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from app.errors import BodyCut, CorruptBlock
 from app.metrics import Metrics
 from app.storage.base import Hub, SegmentStore
+from app.streams.integrity import report
 from app.streams.models import EventKind, StreamInfo, StreamState
 
 BLOCK = 1 << 20
@@ -40,13 +46,20 @@ class StreamReader:
 
     async def _counted(self) -> AsyncIterator[bytes]:
         self.metrics.live_readers.inc()
+        sent = 0
         try:
             body = self._replay(self.start, self.end) if self.end is not None else self._tail()
             # aclosing: leave the hub subscription now, not whenever the GC runs.
             async with aclosing(body) as chunks:
                 async for data in chunks:
                     self.metrics.bytes_out.inc(len(data))
+                    sent += len(data)
                     yield data
+            if self.end is not None and sent < self.end - self.start:
+                raise BodyCut()  # fewer bytes stored than the stream's size
+        except CorruptBlock as exc:
+            report(self.metrics, self.info.id, exc, "read")
+            raise
         finally:
             self.metrics.live_readers.dec()
 
@@ -54,7 +67,7 @@ class StreamReader:
         while offset < end:
             data = await self.store.read(self.info.key, offset, min(self.block, end - offset))
             if not data:
-                return  # deleted underneath us: the response is cut short
+                return  # deleted or shortened underneath us
             offset += len(data)
             yield data
 

@@ -163,7 +163,7 @@ class StreamService:
         await self.repo.close()
 
     async def recover(self) -> None:
-        for item in await recover_live(self.store, self.repo):
+        for item in await recover_live(self.store, self.repo, self.metrics):
             live = _Live(info=item.info, size=item.info.size, hasher=item.hasher)
             self._live[live.info.id] = live
             self._arm_abandon(live)

@@ -10,8 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import StreamNotFound
+from app.errors import CorruptBlock, StreamNotFound
+from app.metrics import Metrics
 from app.storage.base import MetadataRepo, SegmentStore
+from app.streams.integrity import report
 from app.streams.models import StreamInfo, utcnow
 
 log = logging.getLogger("weft.streams")
@@ -24,9 +26,13 @@ class Recovered:
     hasher: Any  # SHA-256 of those bytes, ready for more
 
 
-async def recover_live(store: SegmentStore, repo: MetadataRepo) -> list[Recovered]:
+async def recover_live(
+    store: SegmentStore, repo: MetadataRepo, metrics: Metrics | None = None
+) -> list[Recovered]:
     """Every stream the database says is live, rebuilt from its segments: the
-    files, not the database's checkpoint, say how many bytes are stored."""
+    files, not the database's checkpoint, say how many bytes are stored. Each
+    block is verified on the way; the stream ends before the first that fails
+    (or before bytes no checksum covers), and what follows is cut off."""
     recovered = []
     for info in await repo.live():
         try:
@@ -37,7 +43,15 @@ async def recover_live(store: SegmentStore, repo: MetadataRepo) -> list[Recovere
         hasher = hashlib.sha256()
         offset = 0
         while offset < size:
-            data = await store.read(info.key, offset, HASH_BLOCK)
+            try:
+                data = await store.read(info.key, offset, HASH_BLOCK)
+            except CorruptBlock as exc:
+                report(metrics, info.id, exc, "recovery")
+                await store.trim(info.key, offset)
+                log.warning(
+                    "stream_trimmed stream_id=%s size=%d dropped=%d", info.id, offset, size - offset
+                )
+                break
             if not data:
                 break
             hasher.update(data)

@@ -69,6 +69,9 @@ class MemorySegmentStore:
             raise StreamNotFound(key)
         return len(self.blobs[key])
 
+    async def trim(self, key: str, size: int) -> None:
+        del self.blobs[key][size:]
+
     async def delete(self, key: str) -> None:
         self.blobs.pop(key, None)
 
