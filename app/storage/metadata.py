@@ -50,7 +50,11 @@ class Base(DeclarativeBase):
 class StreamRow(Base):
     __tablename__ = "streams"
 
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Byte order on PostgreSQL too (SQLite's default): listing order and cursors
+    # must not depend on the server's locale.
+    id: Mapped[str] = mapped_column(
+        String(200).with_variant(String(200, collation="C"), "postgresql"), primary_key=True
+    )
     key: Mapped[str] = mapped_column(String(40))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     state: Mapped[str] = mapped_column(String(16))
@@ -228,6 +232,8 @@ class SqlMetadataRepo:
 
     @translated
     async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
+        if not sizes:
+            return
         table = STREAMS
         statement = (
             update(table)  # a Core executemany: one statement, many rows
@@ -365,4 +371,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # A prefix filter (LIKE) matches case-sensitively, as on PostgreSQL.
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
