@@ -20,6 +20,7 @@ from app.config import load_settings
 from app.errors import ConfigError
 from app.logs import configure_logging
 from app.main import create_app
+from app.storage.factory import check_urls
 
 log = logging.getLogger("weft")
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config, host=args.host, port=args.port)
+        check_urls(settings)
     except ConfigError as exc:
         print(f"weft: {exc}", file=sys.stderr)
         return 2

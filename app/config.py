@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,8 @@ from app.errors import ConfigError
 
 Scope = Literal["read", "write", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
+# A PostgreSQL schema name (and later a JetStream and S3 prefix): lower case, unquoted.
+NAMESPACE_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 ENV_PREFIX = "WEFT_"
@@ -58,6 +61,10 @@ class Settings(_Strict):
     port: int = Field(3060, ge=0, le=65535)
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    store_url: str = "file:"
+    tail_url: str | None = None
+    namespace: str = Field("weft", pattern=NAMESPACE_PATTERN)
+    node_id: str | None = Field(None, min_length=1)
     tokens: tuple[str | TokenSpec, ...] = ()
     signing_key: str | None = None
     tail_timeout: float = Field(0, ge=0)
@@ -76,6 +83,10 @@ class Settings(_Strict):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'weft.db'}"
+
+    @property
+    def resolved_node_id(self) -> str:
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
 
     def token_specs(self) -> list[TokenSpec]:
         return [t if isinstance(t, TokenSpec) else TokenSpec(token=t) for t in self.tokens]

@@ -7,7 +7,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.pg import drop_session_namespaces
 from tests.server import ServerProcess
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drop_session_namespaces()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -26,6 +27,7 @@ from sqlalchemy import (
     false,
     func,
     inspect,
+    null,
     or_,
     select,
     text,
@@ -48,7 +50,11 @@ class Base(DeclarativeBase):
 class StreamRow(Base):
     __tablename__ = "streams"
 
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Byte order on PostgreSQL too (SQLite's default): listing order and cursors
+    # must not depend on the server's locale.
+    id: Mapped[str] = mapped_column(
+        String(200).with_variant(String(200, collation="C"), "postgresql"), primary_key=True
+    )
     key: Mapped[str] = mapped_column(String(40))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     state: Mapped[str] = mapped_column(String(16))
@@ -154,18 +160,34 @@ def translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corou
 
 
 class SqlMetadataRepo:
-    def __init__(self, url: str) -> None:
+    """On PostgreSQL the namespace is the schema of every table (the connection's
+    search_path); SQLite has a file of its own and ignores it."""
+
+    def __init__(self, url: str, *, namespace: str = "weft") -> None:
         self._url = url
+        self.namespace = namespace
         self._sqlite = url.startswith("sqlite")
-        self._engine: AsyncEngine = create_async_engine(url)
+        connect_args: dict[str, Any] = {}
+        if not self._sqlite:
+            connect_args["server_settings"] = {"search_path": namespace}
+        self._engine: AsyncEngine = create_async_engine(url, connect_args=connect_args)
         if self._sqlite:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         # SQLite allows one writer; serialising here avoids "database is locked".
-        self._write_lock = asyncio.Lock()
+        # PostgreSQL takes concurrent writers (other nodes write anyway).
+        self._write_lock: AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if self._sqlite else _NoLock()
+        )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
 
     async def start(self) -> None:
         async with self._engine.begin() as conn:
+            if not self._sqlite:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.namespace}"'))
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_missing_columns)
 
@@ -175,7 +197,8 @@ class SqlMetadataRepo:
     @translated
     async def insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
         async with self._write_lock, self._sessions.begin() as session:
-            old = await session.get(StreamRow, info.id)
+            # FOR UPDATE (PostgreSQL): a concurrent replace of the row waits for this one.
+            old = await session.get(StreamRow, info.id, with_for_update=True)
             replaced = _to_info(old) if old is not None else None
             if old is not None:
                 if not replace:
@@ -209,6 +232,8 @@ class SqlMetadataRepo:
 
     @translated
     async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
+        if not sizes:
+            return
         table = STREAMS
         statement = (
             update(table)  # a Core executemany: one statement, many rows
@@ -226,24 +251,31 @@ class SqlMetadataRepo:
 
     @translated
     async def delete(self, stream_id: str, key: str | None = None) -> StreamInfo | None:
+        statement = delete(StreamRow).where(StreamRow.id == stream_id)
+        if key is not None:
+            statement = statement.where(StreamRow.key == key)
+        # One statement: two nodes deleting the same row cannot both return it.
         async with self._write_lock, self._sessions.begin() as session:
-            row = await session.get(StreamRow, stream_id)
-            if row is None or (key is not None and row.key != key):
-                return None
-            removed = _to_info(row)
-            await session.execute(delete(StreamRow).where(StreamRow.id == stream_id))
-            return removed
+            row = (await session.scalars(statement.returning(StreamRow))).one_or_none()
+            return _to_info(row) if row is not None else None
 
     def _meta_text(self, name: str) -> ColumnElement[Any]:
-        """A metadata value as the text a filter compares with (metadata_text)."""
-        if not self._sqlite:
-            text_value: ColumnElement[Any] = StreamRow.meta[name].as_string()
-            return text_value
-        path = "$." + json.dumps(name)
-        kind = func.json_type(StreamRow.meta, path)
+        """A metadata value as the text a filter compares with (metadata_text):
+        strings as they are, numbers, booleans and null as JSON, objects and
+        arrays as NULL (they match nothing)."""
+        if self._sqlite:
+            path = "$." + json.dumps(name)
+            kind = func.json_type(StreamRow.meta, path)
+            value: ColumnElement[Any] = cast(func.json_extract(StreamRow.meta, path), String)
+        else:
+            element = StreamRow.meta[name]
+            kind = func.json_typeof(element)
+            # ->> gives SQL NULL for a JSON null; the filter wants the text "null".
+            value = element.as_string()
         return case(
             (kind.in_(["true", "false", "null"]), kind),
-            else_=cast(func.json_extract(StreamRow.meta, path), String),
+            (kind.in_(["object", "array"]), null()),
+            else_=value,
         )
 
     @translated
@@ -318,6 +350,14 @@ class SqlMetadataRepo:
             raise NotReady("The metadata database does not answer.") from None
 
 
+class _NoLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
 def _add_missing_columns(conn: Any) -> None:
     """Bring a database made by an earlier version up to the model. Schema changes
     move to migrations with the PostgreSQL backend; until then this is the one."""
@@ -331,4 +371,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # A prefix filter (LIKE) matches case-sensitively, as on PostgreSQL.
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()

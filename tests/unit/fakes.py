@@ -170,7 +170,8 @@ class MemoryMetadataRepo:
         return sorted(finished, key=lambda i: (i.finished_at, i.id))[:limit]
 
     async def count_by_state(self) -> dict[StreamState, int]:
-        return dict(Counter(info.state for info in self.rows.values()))
+        counts = Counter(info.state for info in self.rows.values())
+        return {state: counts[state] for state in StreamState}
 
     async def check(self) -> None:
         return None

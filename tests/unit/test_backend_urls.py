@@ -1,0 +1,73 @@
+"""Backends are chosen by the scheme of their URL in one place (SPEC §12);
+what this build cannot serve stops the start naming the key."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from app.config import Settings, load_settings
+from app.errors import ConfigError
+from app.storage.factory import build_repo, check_urls
+
+
+def settings(**values: Any) -> Settings:
+    return Settings.model_validate(values)
+
+
+def test_defaults_are_the_embedded_backends() -> None:
+    s = Settings()
+    assert s.store_url == "file:"
+    assert s.tail_url is None
+    assert s.namespace == "weft"
+    assert s.resolved_node_id == f"{socket.gethostname()}:3060"
+    assert settings(node_id="n1").resolved_node_id == "n1"
+    check_urls(s)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite+aiosqlite:////tmp/w.db", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"],
+)
+def test_supported_database_urls_pass(url: str) -> None:
+    check_urls(settings(database_url=url))
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"database_url": "mysql+aiomysql://u:secret@h/db"}, "database_url"),
+        ({"database_url": "postgresql://u:secret@h/db"}, "database_url"),
+        ({"database_url": "sqlite:///x.db"}, "database_url"),
+        ({"database_url": "::nonsense::"}, "database_url"),
+        ({"store_url": "s3://bucket/prefix"}, "store_url"),
+        ({"store_url": "ftp://h/x"}, "store_url"),
+        ({"tail_url": "nats://127.0.0.1:4222"}, "tail_url"),
+    ],
+)
+def test_unsupported_urls_are_a_config_error_naming_the_key(
+    values: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_urls(settings(**values))
+    assert f"'{key}'" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_the_repository_is_never_built_on_an_unsupported_url() -> None:
+    with pytest.raises(ConfigError, match="database_url"):
+        build_repo(settings(database_url="mysql+aiomysql://h/db"))
+
+
+@pytest.mark.parametrize("name", ["", "Weft", "1abc", "a-b", "a" * 49, "weft;drop", "ns."])
+def test_bad_namespace_is_a_config_error_naming_the_key(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={}, namespace=name)
+    assert "namespace" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["weft", "_x", "ci_run_42", "a" * 48])
+def test_good_namespaces_pass(name: str) -> None:
+    assert settings(namespace=name).namespace == name
