@@ -93,6 +93,7 @@ class S3Server:
             "-webdav=false",
             "-admin.ui=false",
             "-master.telemetry=false",
+            "-s3.autoCreateBucket=false",  # as at AWS: a PUT to a missing bucket fails
             "-master.volumeSizeLimitMB=64",  # volumes are preallocated lazily; keep them small
         ]
         self.port = ports[2 * names.index("s3")]
