@@ -10,6 +10,8 @@ GET of the whole object streamed in chunks (how a reader replays a segment).
                        in memory) + complete; get_object(Range).iter_chunks()
         aiobotocore-nocrc  the same with request_checksum_calculation="when_required"
                        (botocore's default computes a CRC32 of every part)
+        weft           app/storage/s3_objects.py (aiobotocore, no CRC, no 100-continue,
+                       its own slots and retries) from the file; get_range()
     (c) aioboto3       upload_file / download_file with a TransferConfig of the same
                        part size and concurrency: the managed transfer, as a reference.
                        aioboto3 pins aiobotocore 2.x, so it runs from its own venv
@@ -160,6 +162,33 @@ async def aiobotocore_op(env: dict[str, Any]) -> int:
         return total
 
 
+async def weft_op(env: dict[str, Any]) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from app.storage.s3_objects import S3ObjectStore, S3Settings
+
+    settings = S3Settings(
+        endpoint_url=env["endpoint"],
+        region=env["region"],
+        access_key_id=env["key"],
+        secret_access_key=env["secret"],
+        part_bytes=env["part"],
+        max_concurrency=env["concurrency"],
+    )
+    async with S3ObjectStore(env["bucket"], settings) as store:
+        if env["op"] == "upload":
+            info = await store.put_object_multipart(env["object"], Path(env["file"]))
+            return info.size
+        total = 0
+        digest = hashlib.sha256() if env["op"] == "verify" else None
+        async for chunk in store.get_range(env["object"], 0, env["size"]):
+            total += len(chunk)
+            if digest is not None:
+                digest.update(chunk)
+        if digest is not None:
+            print(digest.hexdigest(), file=sys.stderr)
+        return total
+
+
 async def aioboto3_op(env: dict[str, Any]) -> int:
     import aioboto3
     from boto3.s3.transfer import TransferConfig
@@ -197,6 +226,7 @@ CLIENTS = {
     "aiobotocore": aiobotocore_op,
     "aiobotocore-nocrc": aiobotocore_op,
     "aioboto3": aioboto3_op,
+    "weft": weft_op,
 }
 
 
@@ -214,7 +244,7 @@ def child(spec: str) -> None:
     # Import the client before the baseline so it measures the transfer, not the import.
     if env["client"] == "obstore":
         import obstore  # noqa: F401
-    elif env["client"].startswith("aiobotocore"):
+    elif env["client"].startswith("aiobotocore") or env["client"] == "weft":
         import aiobotocore.session  # noqa: F401
     else:
         import aioboto3  # noqa: F401
@@ -260,7 +290,7 @@ def main() -> int:
     parser.add_argument("--part-mib", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--clients", default="obstore,aiobotocore,aiobotocore-nocrc,aioboto3")
+    parser.add_argument("--clients", default="obstore,aiobotocore,aiobotocore-nocrc,weft,aioboto3")
     parser.add_argument("--aioboto3-python", help="a python with aioboto3 installed")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,6 +311,7 @@ def main() -> int:
             ("obstore", "obstore"),
             ("aiobotocore", "aiobotocore"),
             ("aiobotocore-nocrc", "aiobotocore"),
+            ("weft", "aiobotocore"),
         )
         if importlib.util.find_spec(module) is not None
     }

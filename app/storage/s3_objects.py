@@ -8,8 +8,9 @@ every request, and every attempt of it, counts against one per-node limit:
 
 * ``max_concurrency`` slots per store (one store per node). A slot is taken before
   an upload part is read from its source and given back when the part is stored,
-  so parts in memory never exceed ``part_bytes × max_concurrency``, however many
-  uploads run. Every other write, HEAD, LIST and DELETE takes a slot per attempt.
+  so parts held never exceed ``part_bytes × max_concurrency``, however many
+  uploads run (aiohttp copies a part once while sending it: budget about twice
+  that). Every other write, HEAD, LIST and DELETE takes a slot per attempt.
   Ranged reads stream through small buffers on a connection pool of their own and
   take no slot: a slow reader never holds up an upload.
 * ``retries`` further attempts on timeouts, dropped connections, 5xx and
@@ -221,8 +222,11 @@ class S3ObjectStore:
                     take_slot=False,
                 )
                 slot_held = False  # the first part's task owns it now
+                # Handed over in a list the callee empties: this frame (whose
+                # closure above keeps `first` in a cell) must not hold the part.
+                handed, first = [first], b""
                 return await self._upload_parts(
-                    name, key, upload["UploadId"], first, reader, part_bytes
+                    name, key, upload["UploadId"], handed, reader, part_bytes
                 )
             finally:
                 if slot_held:
@@ -233,7 +237,7 @@ class S3ObjectStore:
         name: str,
         key: str,
         upload_id: str,
-        first: bytes,
+        handed: list[bytes],
         reader: _PartReader,
         part_bytes: int,
     ) -> ObjectInfo:
@@ -265,10 +269,9 @@ class S3ObjectStore:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        size = len(first)
+        size = len(handed[0])
         try:
-            start(1, first)
-            del first
+            start(1, handed.pop())
             number = 1
             while True:
                 await self._slots.acquire()  # before reading: it bounds the parts in memory
