@@ -369,6 +369,55 @@ class S3ObjectStore:
             finally:
                 body.close()
 
+    async def compose(self, key: str, sources: list[str]) -> ObjectInfo:
+        """Concatenate existing objects into ``key`` inside the bucket (UploadPartCopy:
+        no bytes pass through Weft), e.g. a finished stream's segments into one
+        object. Every source but the last must be at least 5 MiB (S3's part
+        minimum); at most 10,000. Raises NotFound, StorageUnavailable."""
+        if not 1 <= len(sources) <= MAX_PARTS:
+            raise ValueError(f"compose needs 1 to {MAX_PARTS} sources")
+        name = self.prefix + key
+        upload = await self._retrying(
+            "CreateMultipartUpload",
+            lambda: self._writer.create_multipart_upload(Bucket=self.bucket, Key=name),
+        )
+        upload_id = upload["UploadId"]
+        try:
+
+            async def copy(number: int, source: str) -> CompletedPartTypeDef:
+                reply = await self._retrying(
+                    "UploadPartCopy",
+                    lambda: self._writer.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=name,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource={"Bucket": self.bucket, "Key": self.prefix + source},
+                    ),
+                )
+                return {"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]}
+
+            # The slots bound how many copies run at once; gather keeps part order.
+            parts = await asyncio.gather(
+                *(copy(number, source) for number, source in enumerate(sources, 1))
+            )
+            await self._retrying(
+                "CompleteMultipartUpload",
+                lambda: self._writer.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=name,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": list(parts)},
+                ),
+            )
+        except BaseException:
+            await self._abort(name, upload_id)
+            raise
+        info = await self.head(key)
+        if info is None:
+            raise StorageUnavailable(f"The object store lost {key} right after composing it.")
+        return info
+
     async def check(self) -> None:
         """Raise StorageUnavailable unless the bucket answers and takes Weft's
         credentials (for start-up and /readyz; a HEAD of an object cannot tell a

@@ -3,6 +3,7 @@ injected by tests/s3/faultproxy.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -15,7 +16,7 @@ import botocore.session
 import pytest
 
 from app.errors import ConfigError, NotFound, StorageUnavailable
-from app.storage.s3_objects import S3ObjectStore, S3Settings
+from app.storage.s3_objects import READ_CONNECTIONS, S3ObjectStore, S3Settings
 from tests.s3.faultproxy import FaultProxy
 from tests.s3server import S3Server
 
@@ -113,6 +114,27 @@ async def test_ranged_reads(store: S3ObjectStore) -> None:
         assert await read_all(store, "r", start, end) == data[start:end], (start, end)
     assert await read_all(store, "r", size, size + 10) == b""
     assert await read_all(store, "r", 5, 5) == b""
+
+
+async def test_compose_concatenates_objects_server_side(store: S3ObjectStore) -> None:
+    segments = [os.urandom(PART), os.urandom(PART + 3), os.urandom(11)]
+    for number, data in enumerate(segments):
+        await store.put_object_multipart(f"seg/{number}", [data])
+    info = await store.compose("whole", [f"seg/{n}" for n in range(3)])
+    assert info.size == sum(map(len, segments))
+    assert await read_all(store, "whole", 0, info.size) == b"".join(segments)
+    with pytest.raises(NotFound):
+        await store.compose("broken", ["seg/0", "no-such-segment"])
+    assert await store.head("broken") is None
+
+
+async def test_a_reader_may_stop_early(store: S3ObjectStore) -> None:
+    await store.put_object_multipart("early", os.urandom(3 * MiB))
+    for _ in range(3 * READ_CONNECTIONS):  # more than the pool: connections come back
+        async with contextlib.aclosing(store.get_range("early", 0, 3 * MiB)) as chunks:
+            async for chunk in chunks:
+                assert chunk
+                break
 
 
 async def test_missing_object(store: S3ObjectStore) -> None:
