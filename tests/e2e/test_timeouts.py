@@ -10,6 +10,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -231,3 +232,16 @@ def test_a_slow_reader_that_keeps_taking_bytes_is_not_cut(
         while len(body) < len(data) and (chunk := sock.recv(1 << 20)):
             body += chunk
     assert body == data
+
+
+def test_the_header_timeout_can_be_set_from_the_environment(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path).start(env={"WEFT_HTTP__HEADER_TIMEOUT": "0.5"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert_408(answer)
+        assert "0.5 seconds" in answer.decode()
+    finally:
+        server.stop()
