@@ -255,3 +255,33 @@ def test_the_header_timeout_can_be_set_from_the_environment(tmp_path: Path) -> N
         assert "0.5 seconds" in answer.decode()
     finally:
         server.stop()
+
+
+def test_a_stopped_tail_of_a_stream_still_written_is_cut_and_the_producer_goes_on(
+    timed: ServerProcess, http: httpx.Client
+) -> None:
+    stream_id = unique_id("stalled-tail")
+    line = numbered_lines(0, 2048)  # 64 KiB
+    rounds = bigger_than_socket_buffers() // len(line) + 1
+    producer, head = open_producer(timed.port, f"/stream/{stream_id}")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with producer, sock:
+        assert head.status == 201
+        producer.send_chunk(line)
+        wait_for_offset(http, stream_id, len(line))
+        sock.connect(("127.0.0.1", timed.port))
+        sock.sendall(request_head("GET", f"/stream/{stream_id}"))
+        wait_for(lambda: live_readers(http) == 1, "the tail to start")
+        for _ in range(rounds):  # far more than the reader's buffers hold
+            producer.send_chunk(line)
+        wait_for_offset(http, stream_id, len(line) * (rounds + 1))
+        wait_for(lambda: live_readers(http) == 0, "the stalled tail to end", SEND_TIMEOUT + GRACE)
+        # The producer was never slowed or cut: it finishes its stream.
+        producer.send_chunk(b"the end\n")
+        result = finish_producer(producer)
+        assert result["size"] == len(line) * (rounds + 1) + len(b"the end\n")
+        sock.settimeout(10)
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(65536):
+                pass
