@@ -10,6 +10,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -66,6 +67,16 @@ def assert_408(data: bytes) -> None:
     assert b"connection: close" in head.lower()
     assert b"content-type: application/json" in head.lower()
     assert "request head" in json.loads(body)["error"]
+
+
+def bigger_than_socket_buffers() -> int:
+    """Bytes that cannot all sit in the kernel's send and receive buffers, so the
+    server is left holding some (9.6 MB with Linux's default 4 MiB maximum)."""
+    try:
+        largest = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        largest = 4 * 1024 * 1024
+    return max(9_600_000, 2 * largest + 1_000_000)
 
 
 def live_readers(http: httpx.Client) -> float:
@@ -184,7 +195,7 @@ def test_a_reader_that_takes_nothing_is_cut_and_released(
     timed: ServerProcess, http: httpx.Client
 ) -> None:
     stream_id = unique_id("unread")
-    data = numbered_lines(0, 300_000)  # 9.6 MB: more than every socket buffer on the way
+    data = numbered_lines(0, bigger_than_socket_buffers() // 32)
     assert http.post(f"/stream/{stream_id}", content=data).status_code == 201
     assert live_readers(http) == 0
     sock = socket.socket()
@@ -231,3 +242,46 @@ def test_a_slow_reader_that_keeps_taking_bytes_is_not_cut(
         while len(body) < len(data) and (chunk := sock.recv(1 << 20)):
             body += chunk
     assert body == data
+
+
+def test_the_header_timeout_can_be_set_from_the_environment(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path).start(env={"WEFT_HTTP__HEADER_TIMEOUT": "0.5"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert_408(answer)
+        assert "0.5 seconds" in answer.decode()
+    finally:
+        server.stop()
+
+
+def test_a_stopped_tail_of_a_stream_still_written_is_cut_and_the_producer_goes_on(
+    timed: ServerProcess, http: httpx.Client
+) -> None:
+    stream_id = unique_id("stalled-tail")
+    line = numbered_lines(0, 2048)  # 64 KiB
+    rounds = bigger_than_socket_buffers() // len(line) + 1
+    producer, head = open_producer(timed.port, f"/stream/{stream_id}")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with producer, sock:
+        assert head.status == 201
+        producer.send_chunk(line)
+        wait_for_offset(http, stream_id, len(line))
+        sock.connect(("127.0.0.1", timed.port))
+        sock.sendall(request_head("GET", f"/stream/{stream_id}"))
+        wait_for(lambda: live_readers(http) == 1, "the tail to start")
+        for _ in range(rounds):  # far more than the reader's buffers hold
+            producer.send_chunk(line)
+        wait_for_offset(http, stream_id, len(line) * (rounds + 1))
+        wait_for(lambda: live_readers(http) == 0, "the stalled tail to end", SEND_TIMEOUT + GRACE)
+        # The producer was never slowed or cut: it finishes its stream.
+        producer.send_chunk(b"the end\n")
+        result = finish_producer(producer)
+        assert result["size"] == len(line) * (rounds + 1) + len(b"the end\n")
+        sock.settimeout(10)
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(65536):
+                pass
