@@ -50,15 +50,18 @@ class Server:
         return self.proc.poll() is None
 
 
-def start_weft(procs: Procs, directory: Path, label: str = "weft") -> Server:
-    """Weft on its embedded defaults, except data_dir (a fresh one in ``directory``)."""
+def start_weft(
+    procs: Procs, directory: Path, label: str = "weft", module: list[str] | None = None
+) -> Server:
+    """Weft on its embedded defaults, except data_dir (a fresh one in ``directory``).
+    module: what follows ``python -m`` instead of ``app`` (a patched variant)."""
     directory.mkdir(parents=True)
     config = directory / "config.yaml"
     config.write_text(f"data_dir: {json.dumps(str(directory / 'data'))}\n")
     log_path = directory / "server.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WEFT_")}
     proc = procs.spawn(
-        [python_for_servers(), "-m", "app", "--port", "0", "--config", str(config)],
+        [python_for_servers(), "-m", *(module or ["app"]), "--port", "0", "--config", str(config)],
         cwd=REPO,
         env=environ,
         stdout=subprocess.PIPE,

@@ -49,47 +49,51 @@ class Bad:
 
 @dataclass(frozen=True)
 class Sums:
-    """A segment's checksums: ``full`` holds the complete blocks' CRCs."""
+    """A segment's checksums: ``full`` holds the complete blocks' CRCs as the
+    sidecar has them (unpacked only when looked at: a read checks a few)."""
 
-    full: tuple[int, ...] = ()
+    full: bytes = b""
     tail_length: int = 0
     tail_crc: int = 0
 
     @property
+    def blocks(self) -> int:
+        return len(self.full) // _FULL.size
+
+    @property
     def covered(self) -> int:
         """How many bytes of the segment the checksums cover."""
-        return len(self.full) * BLOCK + self.tail_length
+        return self.blocks * BLOCK + self.tail_length
 
     def expected(self, block: int) -> tuple[int, int]:
         """(length, CRC) block should have; length 0 past the covered bytes."""
-        if block < len(self.full):
-            return BLOCK, self.full[block]
-        if block == len(self.full):
+        count = self.blocks
+        if block < count:
+            return BLOCK, _FULL.unpack_from(self.full, block * _FULL.size)[0]
+        if block == count:
             return self.tail_length, self.tail_crc
         return 0, 0
 
     def encode(self) -> bytes:
-        fulls = b"".join(_FULL.pack(value) for value in self.full)
-        return fulls + _TAIL.pack(self.tail_length, self.tail_crc)
+        return self.full + _TAIL.pack(self.tail_length, self.tail_crc)
 
 
 def parse(raw: bytes) -> Sums | None:
     """A sidecar's contents; None when it is not one (a torn or foreign file)."""
     if len(raw) < _TAIL.size or (len(raw) - _TAIL.size) % _FULL.size:
         return None
-    count = (len(raw) - _TAIL.size) // _FULL.size
-    full = struct.unpack(f">{count}I", raw[: count * _FULL.size])
-    tail_length, tail_crc = _TAIL.unpack_from(raw, count * _FULL.size)
+    end = len(raw) - _TAIL.size
+    tail_length, tail_crc = _TAIL.unpack_from(raw, end)
     if tail_length >= BLOCK:
         return None
-    return Sums(full, tail_length, tail_crc)
+    return Sums(raw[:end], tail_length, tail_crc)
 
 
 def sums_of(data: bytes | memoryview) -> Sums:
     """The checksums of a segment holding data."""
     view = memoryview(data)
     count = len(view) // BLOCK
-    full = tuple(crc(view[n * BLOCK : (n + 1) * BLOCK]) for n in range(count))
+    full = b"".join(_FULL.pack(crc(view[n * BLOCK : (n + 1) * BLOCK])) for n in range(count))
     tail = view[count * BLOCK :]
     return Sums(full, len(tail), crc(tail))
 
@@ -100,9 +104,10 @@ def verify(sums: Sums, raw: bytes | memoryview, first: int, blocks: int) -> tupl
     those blocks (shorter only where the file ends). Returns how many bytes of
     raw are good and, if any, the first bad spot."""
     good = 0
+    view = memoryview(raw)  # slices without copies
     for block in range(first, first + blocks):
         length, want = sums.expected(block)
-        piece = raw[good : good + BLOCK]
+        piece = view[good : good + BLOCK]
         if len(piece) < length:
             return good, Bad(block, block * BLOCK, Flaw.TRUNCATED)
         if length and crc(piece[:length]) != want:
@@ -120,7 +125,7 @@ class Running:
 
     def __init__(self, sums: Sums | None = None) -> None:
         sums = sums or Sums()
-        self.blocks = len(sums.full)  # complete blocks, whose CRCs are in the sidecar
+        self.blocks = sums.blocks  # complete blocks, whose CRCs are in the sidecar
         self.tail_length = sums.tail_length
         self.tail_crc = sums.tail_crc
 
@@ -134,6 +139,10 @@ class Running:
         """Take in data appended to the segment; return where in the sidecar to
         write what: the CRCs of the blocks data completed, then the new tail record."""
         at = self.blocks * _FULL.size
+        if self.tail_length + len(data) < BLOCK:  # the usual case: within one block
+            self.tail_crc = crc(data, self.tail_crc)
+            self.tail_length += len(data)
+            return at, _TAIL.pack(self.tail_length, self.tail_crc)
         out = bytearray()
         view = memoryview(data)
         pos = 0
@@ -153,12 +162,12 @@ class Running:
 def scan(fd: int, length: int) -> Sums:
     """The checksums of the first length bytes of an open file (fewer where it
     ends), read a block at a time."""
-    full: list[int] = []
+    full = bytearray()
     tail = b""
     for pos in range(0, length, BLOCK):
         data = os.pread(fd, min(BLOCK, length - pos), pos)
         if len(data) < BLOCK:
             tail = data
             break
-        full.append(crc(data))
-    return Sums(tuple(full), len(tail), crc(tail))
+        full += _FULL.pack(crc(data))
+    return Sums(bytes(full), len(tail), crc(tail))

@@ -43,10 +43,11 @@ def test_running_sums_match_the_sums_of_the_whole_whatever_the_chunks() -> None:
 
 
 def test_parse_refuses_what_is_not_a_sidecar() -> None:
-    assert parse(Sums((1, 2), 5, 9).encode()) == Sums((1, 2), 5, 9)
+    sums = Sums(bytes(range(8)), 5, 9)
+    assert parse(sums.encode()) == sums and sums.expected(1) == (BLOCK, 0x04050607)
     assert parse(b"") is None
     assert parse(b"\0" * 9) is None  # torn
-    assert parse(Sums((), BLOCK, 0).encode()) is None  # a tail of a whole block
+    assert parse(Sums(b"", BLOCK, 0).encode()) is None  # a tail of a whole block
 
 
 def test_verify_finds_each_kind_of_flaw() -> None:
