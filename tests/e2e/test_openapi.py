@@ -1,6 +1,6 @@
 """Schemathesis against a real server: every request it derives from
 ``/openapi.json`` gets an answer that is not a 5xx and that the schema
-describes (status code, content type, body).
+describes (status code, content type, headers, body, and a 405's Allow).
 
 The schema is the app's own ``openapi()``, built at import so pytest can make
 one test per operation (schemathesis's fixture-based loader does not work with
@@ -22,8 +22,10 @@ import httpx
 import pytest
 import schemathesis
 from schemathesis.checks import (
+    allow_header_conformance,
     content_type_conformance,
     not_a_server_error,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -45,6 +47,8 @@ CHECKS = [
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    response_headers_conformance,
+    allow_header_conformance,
 ]
 ENDLESS = ["/spy", "/events"]
 
