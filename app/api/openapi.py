@@ -337,7 +337,12 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             responses.pop("422", None)
             operation["responses"] = dict(sorted(responses.items()))
             for parameter in operation.get("parameters", []):
-                if parameter["in"] == "path" and parameter["name"] in _ID_PARAMETERS:
+                # Discovery answers for any path (CORS preflights), so OPTIONS keeps a string.
+                if (
+                    method != "options"
+                    and parameter["in"] == "path"
+                    and parameter["name"] in _ID_PARAMETERS
+                ):
                     parameter["schema"] = STREAM_ID
             if (method, path) in _OPEN or method == "options":
                 operation["security"] = []

@@ -287,6 +287,21 @@ def test_every_error_path_answers_json_error_with_status_and_headers(
     }
 
 
+def test_405_allows_every_method_of_the_resource(http: httpx.Client) -> None:
+    # RFC 9110 §15.5.6: Allow lists the resource's methods, not one route's.
+    resources = {
+        "/stream/some-id": "DELETE, GET, HEAD, PATCH, POST",
+        "/healthz": "GET, HEAD",
+        "/streams/some-id": "GET",
+        "/files/some-id": "DELETE, HEAD, OPTIONS, PATCH, POST",
+    }
+    for path, allow in resources.items():
+        response = http.put(path)
+        assert response.status_code == 405, path
+        assert response.json() == {"error": "Method not allowed."}
+        assert response.headers["allow"] == allow, path
+
+
 def test_refused_requests_store_nothing(http: httpx.Client) -> None:
     refused = {
         unique("bad-meta"): {"X-Stream-Metadata": "not json"},
