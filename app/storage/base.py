@@ -37,8 +37,8 @@ class SegmentStore(Protocol):
     async def open_writer(self, key: str) -> SegmentWriter:
         """A writer positioned at the stored end. Raises StreamNotFound."""
 
-    async def read(self, key: str, offset: int, limit: int) -> bytes:
-        """Up to limit bytes from offset; b"" at the stored end or for a deleted key.
+    async def read(self, key: str, offset: int, limit: int) -> bytes | memoryview:
+        """Up to limit bytes from offset; empty at the stored end or for a deleted key.
         Raises CorruptBlock when the block at offset fails its checksum (bytes
         before it are returned first); never returns bytes that failed."""
 

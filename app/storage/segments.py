@@ -4,7 +4,10 @@ A stream's bytes live in ``segments/{key}/{index:08d}``; every segment but the
 last holds exactly ``segment_bytes``, so an offset maps to a segment by
 arithmetic. Writes are plain ``os.write`` on the event loop: they land in the
 page cache, which survives a crash of the process, and measured faster than a
-thread hop per chunk. fsync, which can block for long, runs in a thread.
+thread hop per chunk. fsync, which can block for long, runs in a thread, and
+so does a read of bytes that are not in the page cache (a cold replay would
+otherwise stall every stream on the loop for each disk read); a read of cached
+bytes stays on the loop, where it costs no thread hop.
 
 Every segment has a sidecar of block checksums (app/storage/blocks.py),
 written with each append and synced with the segment. Reads verify whole
@@ -20,8 +23,10 @@ import asyncio
 import os
 import resource
 import shutil
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio.to_thread
@@ -39,6 +44,10 @@ from app.storage.blocks import (
     verify,
 )
 
+COLD_READERS = 4  # threads reading segments that are not in the page cache
+COLD_SEGMENTS = 1024  # cold segments remembered
+COLD_SECONDS = 10.0  # how long a segment that missed the page cache is read in a thread
+
 
 def _read_fd_budget() -> int:
     """Read descriptors to keep open: enough for every live stream's current
@@ -49,6 +58,45 @@ def _read_fd_budget() -> int:
 
 def _segment_name(index: int) -> str:
     return f"{index:08d}"
+
+
+def _whole_blocks(start: int, end: int, segment_bytes: int) -> tuple[int, int]:
+    """The range of whole checksum blocks around start..end of a segment."""
+    return start - start % BLOCK, min(-(-end // BLOCK) * BLOCK, segment_bytes)
+
+
+class _Read:
+    """Up to length bytes of a file from pos (fewer where it ends): first what
+    the page cache holds, without waiting (RWF_NOWAIT stops at the first page
+    that is not there), then, if anything is missing, the rest from the disk."""
+
+    def __init__(self, fd: int, pos: int, length: int) -> None:
+        self.fd, self.pos = fd, pos
+        self.buffer = bytearray(max(0, min(length, os.fstat(fd).st_size - pos)))
+        self.got = 0
+
+    @property
+    def done(self) -> bool:
+        return self.got >= len(self.buffer)
+
+    def read_cached(self) -> None:
+        if self.done:
+            return
+        try:
+            self.got = os.preadv(self.fd, [self.buffer], self.pos, os.RWF_NOWAIT)
+        except OSError:  # EAGAIN: not cached; EOPNOTSUPP, EINVAL: cannot tell, so cold
+            pass
+
+    def read_rest(self) -> None:
+        with memoryview(self.buffer) as view:
+            while not self.done:
+                got = os.preadv(self.fd, [view[self.got :]], self.pos + self.got)
+                if not got:
+                    break  # shortened meanwhile
+                self.got += got
+
+    def view(self) -> memoryview:
+        return memoryview(self.buffer)[: self.got]
 
 
 class LocalSegmentWriter:
@@ -158,6 +206,8 @@ class LocalSegmentWriter:
 
 
 class LocalSegmentStore:
+    offload_cold_reads = True  # False: every read on the loop (bench/coldreplay.py's reference)
+
     def __init__(self, root: Path, *, segment_bytes: int) -> None:
         self._root = root
         self._segment_bytes = segment_bytes
@@ -168,6 +218,12 @@ class LocalSegmentStore:
         self._fds: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._fd_budget = _read_fd_budget()
         self._filling: dict[str, int] = {}  # key -> the segment its open writer fills
+        self._threads = ThreadPoolExecutor(COLD_READERS, thread_name_prefix="weft-cold-read")
+        # Segments a read found missing from the page cache, and until when their
+        # reads go straight to a thread: while the kernel reads ahead of a cold
+        # replay, reading its pages on the loop stalls it (measured: p99 of 50
+        # tailers 100 ms instead of 8 ms, bench/coldreplay.py).
+        self._cold: dict[tuple[str, int], float] = {}
 
     def _read_fd(self, key: str, name: str) -> int | None:
         slot = (key, name)
@@ -187,6 +243,8 @@ class LocalSegmentStore:
     def _forget(self, key: str) -> None:
         for slot in [slot for slot in self._fds if slot[0] == key]:
             os.close(self._fds.pop(slot))
+        for cold in [cold for cold in self._cold if cold[0] == key]:
+            del self._cold[cold]
 
     def _dir(self, key: str) -> Path:
         return self._root / key
@@ -194,8 +252,8 @@ class LocalSegmentStore:
     async def create(self, key: str) -> None:
         directory = self._dir(key)
         self._forget(key)
-        if directory.exists():
-            shutil.rmtree(directory)
+        if directory.exists():  # a large stream's files take long to remove
+            await anyio.to_thread.run_sync(shutil.rmtree, directory)
         directory.mkdir(parents=True)
         (directory / _segment_name(0)).touch()
 
@@ -209,41 +267,89 @@ class LocalSegmentStore:
         size = await self.size(key)
         return LocalSegmentWriter(self._dir(key), self._segment_bytes, size, on_segment)
 
-    async def read(self, key: str, offset: int, limit: int) -> bytes:
+    async def read(self, key: str, offset: int, limit: int) -> bytes | memoryview:
         index, start = divmod(offset, self._segment_bytes)
-        fd = self._read_fd(key, _segment_name(index))
+        name = _segment_name(index)
+        fd = self._read_fd(key, name)
         if fd is None:
             return b""
         end = min(start + limit, self._segment_bytes)
-        sums = None if self._filling.get(key) == index else self._sums(key, index)
-        if sums is None:
-            return os.pread(fd, end - start, start)
+        if self._filling.get(key) == index:
+            return os.pread(fd, end - start, start)  # just written: in the page cache
+        sums_fd = self._read_fd(key, name + SUFFIX)
         # Whole blocks, so each can be checked: at most a block more on either side.
-        first, last = start // BLOCK, -(-end // BLOCK)
-        base = first * BLOCK
-        raw = os.pread(fd, min(last * BLOCK, self._segment_bytes) - base, base)
-        good, bad = verify(sums, raw, first, last - first)
-        stop = min(end, base + good)
-        if stop <= start:
-            if bad is None:
-                return b""
-            at = index * self._segment_bytes + bad.at
-            uncovered = bad.flaw is Flaw.UNCHECKED
-            raise CorruptBlock(key, index, bad.block, at, bad.flaw.value, uncovered=uncovered)
-        if start == base and stop - base == len(raw):
-            return raw
-        return raw[start - base : stop - base]
+        base, stop = (
+            (start, end) if sums_fd is None else _whole_blocks(start, end, self._segment_bytes)
+        )
+        data = _Read(fd, base, stop - base)
+        parts = [data] if sums_fd is None else [data, _Read(sums_fd, 0, self._sidecar_bytes)]
+        if not self.offload_cold_reads:
+            for part in parts:
+                part.read_rest()
+        else:
+            slot = (key, index)
+            if self._cold.get(slot, 0.0) < time.monotonic():
+                for part in parts:
+                    part.read_cached()
+            cold = [part for part in parts if not part.done]
+            if cold and not await self._read_cold(cold):
+                self._cold.pop(slot, None)
+                self._cold[slot] = time.monotonic() + COLD_SECONDS
+                if len(self._cold) > COLD_SEGMENTS:
+                    del self._cold[next(iter(self._cold))]
+        sidecar = None if sums_fd is None else parts[1].view()
+        return self._checked(key, index, data.view(), sidecar, base, start, end)
 
-    def _sums(self, key: str, index: int) -> Sums | None:
-        """The segment's checksums; None for a segment without (unverified)."""
-        fd = self._read_fd(key, _segment_name(index) + SUFFIX)
-        if fd is None:
-            return None
-        sums = parse(os.pread(fd, self._sidecar_bytes, 0))
+    async def _read_cold(self, parts: list[_Read]) -> bool:
+        """Read parts in a thread: waiting for the disk on the loop would hold
+        up every other stream. Returns whether the page cache held them after
+        all (the segment is hot again). The thread gets descriptors of its own,
+        since the shared ones may be closed (evicted, deleted) meanwhile."""
+        for part in parts:
+            part.fd = os.dup(part.fd)
+
+        def work() -> bool:
+            try:
+                for part in parts:
+                    part.read_cached()
+                cached = all(part.done for part in parts)
+                for part in parts:
+                    part.read_rest()
+                return cached
+            finally:
+                for part in parts:
+                    os.close(part.fd)
+
+        return await asyncio.get_running_loop().run_in_executor(self._threads, work)
+
+    def _checked(
+        self,
+        key: str,
+        index: int,
+        data: memoryview,
+        sidecar: memoryview | None,
+        base: int,
+        start: int,
+        end: int,
+    ) -> memoryview:
+        """Bytes start..end of a segment from data (which starts at base),
+        verified against the sidecar when there is one: the good bytes before a
+        bad block, or CorruptBlock at it."""
+        if sidecar is None:
+            return data
+        sums = parse(bytes(sidecar))
         if sums is None:
             at = index * self._segment_bytes
             raise CorruptBlock(key, index, 0, at, "unreadable checksums", uncovered=False)
-        return sums
+        good, bad = verify(sums, data, base // BLOCK, -(-(end - base) // BLOCK))
+        stop = min(end, base + good)
+        if stop <= start:
+            if bad is None:
+                return data[:0]
+            at = index * self._segment_bytes + bad.at
+            uncovered = bad.flaw is Flaw.UNCHECKED
+            raise CorruptBlock(key, index, bad.block, at, bad.flaw.value, uncovered=uncovered)
+        return data[start - base : stop - base]
 
     async def size(self, key: str) -> int:
         directory = self._dir(key)

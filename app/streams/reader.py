@@ -41,10 +41,10 @@ class StreamReader:
     metrics: Metrics
     block: int = BLOCK
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         return self._counted()
 
-    async def _counted(self) -> AsyncIterator[bytes]:
+    async def _counted(self) -> AsyncIterator[bytes | memoryview]:
         self.metrics.live_readers.inc()
         sent = 0
         try:
@@ -63,7 +63,7 @@ class StreamReader:
         finally:
             self.metrics.live_readers.dec()
 
-    async def _replay(self, offset: int, end: int) -> AsyncGenerator[bytes, None]:
+    async def _replay(self, offset: int, end: int) -> AsyncGenerator[bytes | memoryview, None]:
         while offset < end:
             data = await self.store.read(self.info.key, offset, min(self.block, end - offset))
             if not data:
@@ -71,7 +71,7 @@ class StreamReader:
             offset += len(data)
             yield data
 
-    async def _tail(self) -> AsyncGenerator[bytes, None]:
+    async def _tail(self) -> AsyncGenerator[bytes | memoryview, None]:
         stream_id, key = self.info.id, self.info.key
         offset = self.start
         async with self.hub.subscribe(stream_id) as subscription:

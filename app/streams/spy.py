@@ -123,7 +123,7 @@ class Spy:
             self._on_screen.discard(show)
             self._tasks.pop(show, None)
             return out
-        assert isinstance(item, bytes)
+        assert isinstance(item, bytes | memoryview)
         show.partial += item
         cut = show.partial.rfind(b"\n")
         lines: list[bytes] = []

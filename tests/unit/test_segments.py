@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from app.errors import CorruptBlock
+from app.storage import segments
 from app.storage.blocks import (
     BLOCK,
     Flaw,
@@ -189,3 +191,49 @@ async def test_a_resumed_segment_without_checksums_gets_them(tmp_path: Path) -> 
     await writer.close()
     assert parse((tmp_path / "k" / "00000000.crc").read_bytes()) == sums_of(data)
     assert await read_all(store, 0, len(data), 1 << 20) == data
+
+
+async def test_cold_reads_run_in_a_thread_and_are_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(SEGMENT + 2 * BLOCK)
+    store = await written(tmp_path, data)
+    monkeypatch.setattr(segments._Read, "read_cached", lambda self: None)  # nothing cached
+    threads: set[str] = set()
+    read_rest = segments._Read.read_rest
+
+    def spy(self: segments._Read) -> None:
+        threads.add(threading.current_thread().name)
+        read_rest(self)
+
+    monkeypatch.setattr(segments._Read, "read_rest", spy)
+    assert await read_all(store, 100, len(data), 1 << 20) == data[100:]
+    assert threads and all(name.startswith("weft-cold-read") for name in threads)
+
+    path = tmp_path / "k" / "00000001"
+    raw = bytearray(path.read_bytes())
+    raw[3] ^= 1
+    path.write_bytes(raw)
+    with pytest.raises(CorruptBlock):
+        await store.read("k", SEGMENT, 10)
+
+
+def test_a_read_takes_what_the_page_cache_holds_without_waiting(tmp_path: Path) -> None:
+    data = os.urandom(4 * BLOCK)
+    path = tmp_path / "file"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        cold = segments._Read(fd, 100, 10 * BLOCK)  # past the end: as much as the file has
+        cold.read_cached()
+        if cold.done:
+            pytest.skip("this filesystem keeps the pages (tmpfs) or has no RWF_NOWAIT")
+        cold.read_rest()
+        assert cold.done and bytes(cold.view()) == data[100:]
+        hot = segments._Read(fd, 0, 2 * BLOCK)
+        hot.read_cached()
+        assert hot.done and bytes(hot.view()) == data[: 2 * BLOCK]
+    finally:
+        os.close(fd)
