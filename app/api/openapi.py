@@ -201,11 +201,15 @@ def octets(description: str, **headers: str) -> dict[str, Any]:
 
 
 # Shared parameters.
-METADATA = in_header(
-    "X-Stream-Metadata",
-    "The stream's metadata: a JSON object (UTF-8, at most limits.metadata_bytes, "
-    "nested at most 32 levels). Absent means {}.",
-)
+# A header whose value is JSON: described by content, not a string schema.
+METADATA = {
+    "name": "X-Stream-Metadata",
+    "in": "header",
+    "required": False,
+    "description": "The stream's metadata: a JSON object (UTF-8, at most "
+    "limits.metadata_bytes, nested at most 32 levels). Absent means {}.",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
 UPLOAD_OFFSET = in_header("Upload-Offset", "The stream's current size.", COUNT, required=True)
 SHARE_LINK = (
     in_query("expires", "A share link's expiry (from POST /streams/{id}/share).", COUNT),
@@ -289,6 +293,30 @@ def _produce_operation(with_id: bool) -> dict[str, Any]:
     }
 
 
+# OpenAPI links: a created stream's id feeds the operations on it. A tus upload
+# is not linked to GET /stream/{id}: it stays live until its bytes come, and a
+# read of a live stream tails.
+_STREAM_OPERATIONS = (
+    ("get", "/stream/{stream_id}"),
+    ("head", "/stream/{stream_id}"),
+    ("patch", "/stream/{stream_id}"),
+    ("delete", "/stream/{stream_id}"),
+    ("get", "/streams/{stream_id}"),
+    ("post", "/streams/{stream_id}/share"),
+)
+_UPLOAD_OPERATIONS = (
+    ("head", "/files/{upload_id}"),
+    ("patch", "/files/{upload_id}"),
+    ("delete", "/files/{upload_id}"),
+)
+_CREATED_ID = "$response.header.X-Stream-Id"
+_LINKS = {
+    ("/stream", "stream_id", _CREATED_ID): _STREAM_OPERATIONS,
+    ("/stream/", "stream_id", _CREATED_ID): _STREAM_OPERATIONS,
+    ("/stream/{stream_id}", "stream_id", "$request.path.stream_id"): _STREAM_OPERATIONS,
+    ("/files", "upload_id", _CREATED_ID): _UPLOAD_OPERATIONS,
+    ("/files/", "upload_id", _CREATED_ID): _UPLOAD_OPERATIONS,
+}
 # Path parameters that are stream ids (a tus upload's id is its stream's).
 _ID_PARAMETERS = {"stream_id", "upload_id"}
 # Operations that need no token.
@@ -350,5 +378,14 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 operation.setdefault("security", [{"bearer": []}, {}])
     for path, operations in produce.items():
         paths.setdefault(path, {}).update(operations)
+    for (source, parameter, expression), targets in _LINKS.items():
+        links = {}
+        for method, target in targets:
+            operation_id = paths[target][method]["operationId"]
+            links[operation_id] = {
+                "operationId": operation_id,
+                "parameters": {parameter: expression},
+            }
+        paths[source]["post"]["responses"]["201"]["links"] = links
     schema["paths"] = dict(sorted(paths.items()))
     return schema

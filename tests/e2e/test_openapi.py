@@ -7,7 +7,8 @@ one test per operation (schemathesis's fixture-based loader does not work with
 this pytest); the first test checks the server serves exactly that document.
 
 A small fixed budget (``MAX_EXAMPLES`` per operation, a fixed seed, no
-example database) keeps the run deterministic and well under the timeout.
+example database) keeps the run deterministic and well under the timeout;
+the last test follows the schema's links (create, then use the id).
 ``/spy`` and ``/events`` are endless streams and are left out. A read never
 tails: generated ids are fresh (404), and the only live streams, tus uploads,
 get ids the server picks; the request timeout bounds it anyway.
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 import schemathesis
 from schemathesis.checks import (
@@ -38,7 +40,6 @@ MAX_EXAMPLES = 15
 CONFIG = {
     "seed": 20261203,
     "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-    "phases": {"stateful": {"enabled": False}},
     "request-timeout": 10.0,
     "cache": {"enabled": False},  # no crash replays from earlier runs: each run is the same
 }
@@ -78,3 +79,29 @@ def test_the_server_answers_as_its_schema_says(
     case: schemathesis.Case, weft_server: ServerProcess
 ) -> None:
     case.call_and_validate(base_url=weft_server.url, checks=CHECKS)
+
+
+WORKFLOWS = hypothesis.settings(
+    max_examples=12,
+    stateful_step_count=6,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+)
+
+
+def test_linked_workflows_answer_as_the_schema_says(weft_server: ServerProcess) -> None:
+    """Sequences that follow the schema's links: create a stream (or an upload),
+    then read, resume, share and delete it by the id the server answered with."""
+    workflow = schema.as_state_machine()
+
+    class Workflow(workflow):  # type: ignore[valid-type, misc]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"base_url": weft_server.url}
+
+        def validate_response(self, response: Any, case: schemathesis.Case, **kwargs: Any) -> None:
+            kwargs.pop("additional_checks", None)
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    Workflow.run(settings=WORKFLOWS)

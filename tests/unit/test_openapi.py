@@ -66,6 +66,8 @@ def test_produce_describes_its_body_headers_and_answers(schema: dict[str, Any]) 
         created = operation["responses"]["201"]
         assert {"X-Stream-Id", "Location"} <= set(created["headers"])
         assert operation["responses"]["409"]["content"]["application/json"]["schema"] == ERROR_REF
+        get_stream = schema["paths"]["/stream/{stream_id}"]["get"]["operationId"]
+        assert get_stream in created["links"]
 
 
 def test_no_operation_lists_422(schema: dict[str, Any]) -> None:
