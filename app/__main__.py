@@ -12,6 +12,7 @@ import resource
 import sys
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.protocol import WeftHttpProtocol
 from app.config import load_settings
@@ -61,7 +62,12 @@ def migrate(argv: list[str]) -> int:
         finally:
             await repo.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (SQLAlchemyError, OSError) as exc:
+        # The driver's message names host and port, never the password.
+        print(f"weft: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     print("weft: the database schema is up to date")
     return 0
 

@@ -49,6 +49,23 @@ def _run(*statements: str) -> None:
     _in_thread(_execute(*statements))
 
 
+def run_query(query: str) -> list[tuple[Any, ...]]:
+    """The rows of one query, on a connection of its own."""
+    rows: list[tuple[Any, ...]] = []
+
+    async def fetch() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(_dsn(), timeout=5)
+        try:
+            rows.extend(tuple(record) for record in await conn.fetch(query))
+        finally:
+            await conn.close()
+
+    _in_thread(fetch())
+    return rows
+
+
 def unreachable_reason() -> str:
     global _reachable
     if _reachable is None:

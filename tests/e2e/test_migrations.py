@@ -15,7 +15,12 @@ import pytest
 import yaml
 
 from tests.e2e.test_config import clean_env
+from tests.pg import PG_URL, new_namespace, require_pg, run_query
 from tests.server import ServerProcess
+
+
+def query_text(query: str) -> str:
+    return "\n".join(str(value) for row in run_query(query) for value in row)
 
 
 def as_made_before_migrations(db_path: Path) -> None:
@@ -92,3 +97,24 @@ def test_migrate_command_refuses_an_unsupported_database_url(tmp_path: Path) -> 
     result = run_migrate(tmp_path, {"database_url": "oracle://u:pw@h/db"})
     assert result.returncode == 2
     assert "'database_url'" in result.stderr and "pw" not in result.stderr
+
+
+def test_migrate_command_on_postgresql_creates_the_namespace_schema(tmp_path: Path) -> None:
+    require_pg()
+    namespace = new_namespace()
+    result = run_migrate(tmp_path, {"database_url": PG_URL, "namespace": namespace})
+    assert result.returncode == 0, result.stderr
+    assert "migrating the database schema from empty to 0001" in result.stderr
+    tables = query_text(f"SELECT tablename FROM pg_tables WHERE schemaname = '{namespace}'")
+    assert sorted(tables.split()) == ["alembic_version", "streams"]
+    assert query_text(f'SELECT version_num FROM "{namespace}".alembic_version') == "0001"
+
+
+def test_migrate_command_on_an_unreachable_database_fails_without_the_password(
+    tmp_path: Path,
+) -> None:
+    url = "postgresql+asyncpg://weft:sekrit@127.0.0.1:9/weft"
+    result = run_migrate(tmp_path, {"database_url": url})
+    assert result.returncode == 1
+    assert "migration failed" in result.stderr
+    assert "sekrit" not in result.stderr and "Traceback" not in result.stderr
