@@ -1,9 +1,11 @@
 """``python -m app [--config PATH] [--host HOST] [--port PORT]`` (also the ``weft``
-command), and ``python -m app verify [--config PATH] [ID...]`` (app/verify.py)."""
+command); ``python -m app verify [--config PATH] [ID...]`` (app/verify.py);
+``python -m app migrate [--config PATH]`` applies pending schema migrations and exits."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import ipaddress
 import logging
@@ -13,6 +15,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import verify
 from app.api.protocol import SHUTDOWN_GRACE, WeftHttpProtocol
@@ -20,7 +23,7 @@ from app.config import load_settings
 from app.errors import ConfigError
 from app.logs import configure_logging
 from app.main import create_app
-from app.storage.factory import check_urls
+from app.storage.factory import build_repo, check_urls
 
 log = logging.getLogger("weft")
 
@@ -42,10 +45,43 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def migrate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="weft migrate", description="Apply pending schema migrations without serving"
+    )
+    parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        check_urls(settings)
+    except ConfigError as exc:
+        print(f"weft: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        repo = build_repo(settings)
+        try:
+            await repo.start()
+        finally:
+            await repo.close()
+
+    try:
+        asyncio.run(run())
+    except (SQLAlchemyError, OSError) as exc:
+        # The driver's message names host and port, never the password.
+        print(f"weft: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print("weft: the database schema is up to date")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["verify"]:
         return verify.main(argv[1:])
+    if argv[:1] == ["migrate"]:
+        return migrate(argv[1:])
     parser = argparse.ArgumentParser(prog="weft", description="Weft live stream server")
     parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
     parser.add_argument("--host", help="address to listen on (overrides the config)")

@@ -8,9 +8,38 @@ from typing import Any
 import httpx
 import pytest
 
+import tests.server
 from tests.pg import drop_session_namespaces
 from tests.s3server import S3Server, find_weed
 from tests.server import ServerProcess
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=tests.server.DATABASES,
+        default=None,
+        help="metadata database of the end-to-end servers (default: $WEFTTEST_DATABASE or sqlite)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = config.getoption("--database")
+    if chosen:
+        tests.server.DATABASE = chosen
+    if tests.server.DATABASE not in tests.server.DATABASES:
+        raise pytest.UsageError(f"WEFTTEST_DATABASE must be one of {tests.server.DATABASES}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if tests.server.DATABASE == "sqlite":
+        return
+    skip = pytest.mark.skip(
+        reason=f"needs the SQLite database in data_dir (--database {tests.server.DATABASE})"
+    )
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,6 +1,6 @@
 """The PostgreSQL that tests run against, and a schema (namespace) per use.
 
-``WEFT_TEST_PG_URL`` names the server (default: the local one, trust auth).
+``WEFTTEST_PG_URL`` names the server (default: the local one, trust auth).
 Without it reachable, tests that need it skip with the reason; under CI
 (``CI=true``) they fail instead, so a missing database cannot pass as green.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-PG_URL = os.environ.get("WEFT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("WEFTTEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 # The namespaces of one test session start with this, so the session can drop
 # exactly its own at the end, whatever other runs share the server.
 SESSION_PREFIX = f"weft_t{uuid.uuid4().hex[:10]}"
@@ -47,6 +47,23 @@ def _in_thread(work: Coroutine[Any, Any, None]) -> None:
 
 def _run(*statements: str) -> None:
     _in_thread(_execute(*statements))
+
+
+def run_query(query: str) -> list[tuple[Any, ...]]:
+    """The rows of one query, on a connection of its own."""
+    rows: list[tuple[Any, ...]] = []
+
+    async def fetch() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(_dsn(), timeout=5)
+        try:
+            rows.extend(tuple(record) for record in await conn.fetch(query))
+        finally:
+            await conn.close()
+
+    _in_thread(fetch())
+    return rows
 
 
 def unreachable_reason() -> str:

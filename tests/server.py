@@ -15,8 +15,15 @@ from typing import Any
 
 import yaml
 
+from tests.pg import PG_URL, new_namespace, require_pg
+
 READY = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
 START_TIMEOUT = 20.0
+# The metadata database of every server a test starts without a database_url of
+# its own: "sqlite" (a file in its data_dir) or "postgresql" (PG_URL, a schema of
+# its own per server). Set by ``pytest --database`` or WEFTTEST_DATABASE.
+DATABASES = ("sqlite", "postgresql")
+DATABASE = os.environ.get("WEFTTEST_DATABASE", "sqlite")
 
 
 class ServerProcess:
@@ -29,6 +36,10 @@ class ServerProcess:
         self.workdir = workdir
         self.config: dict[str, Any] = {"data_dir": str(workdir / "data"), "log_level": "info"}
         self.config.update(config or {})
+        if DATABASE == "postgresql" and "database_url" not in self.config:
+            require_pg()
+            self.config["database_url"] = PG_URL
+            self.config["namespace"] = new_namespace()
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []

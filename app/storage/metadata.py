@@ -26,7 +26,6 @@ from sqlalchemy import (
     event,
     false,
     func,
-    inspect,
     null,
     or_,
     select,
@@ -39,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.errors import InsufficientStorage, NotReady, StorageUnavailable, StreamExists
 from app.storage.base import ListQuery
+from app.storage.migrate import migrate
 from app.storage.space import out_of_space
 from app.streams.models import StreamInfo, StreamState, from_micros, to_micros, utcnow
 
@@ -185,11 +185,7 @@ class SqlMetadataRepo:
         return self._engine
 
     async def start(self) -> None:
-        async with self._engine.begin() as conn:
-            if not self._sqlite:
-                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.namespace}"'))
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
+        await migrate(self._engine, self.namespace)
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -356,14 +352,6 @@ class _NoLock:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
-
-
-def _add_missing_columns(conn: Any) -> None:
-    """Bring a database made by an earlier version up to the model. Schema changes
-    move to migrations with the PostgreSQL backend; until then this is the one."""
-    present = {column["name"] for column in inspect(conn).get_columns(STREAMS.name)}
-    if "tus" not in present:
-        conn.execute(text("ALTER TABLE streams ADD COLUMN tus BOOLEAN NOT NULL DEFAULT false"))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

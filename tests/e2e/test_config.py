@@ -155,6 +155,7 @@ def test_environment_variable_overrides_a_nested_config_value(tmp_path: Path) ->
     assert refused.status_code == 413
 
 
+@pytest.mark.sqlite_only
 def test_data_dir_from_config_holds_the_database_and_segments(
     server_factory: Callable[..., ServerProcess],
 ) -> None:

@@ -189,6 +189,7 @@ def test_producer_stops_at_min_free_bytes_then_507_until_a_delete_frees_space(
         assert fresh.status_code == 201 and fresh.json()["size"] == 5
 
 
+@pytest.mark.sqlite_only  # the database fills up with the disk only when it is on it
 def test_completely_full_disk_delete_and_reads_work_and_a_failed_completion_retries(
     disk_server: Callable[..., ServerProcess], small_disk: Path
 ) -> None:

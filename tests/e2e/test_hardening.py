@@ -100,6 +100,7 @@ def test_deeply_nested_metadata_is_400_not_500(http: httpx.Client, depth: int) -
     assert http.get("/streams").status_code == 200
 
 
+@pytest.mark.sqlite_only
 def test_metadata_stored_by_an_older_version_however_deep_still_lists(
     server_factory, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
