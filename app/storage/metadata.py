@@ -123,6 +123,7 @@ def _row_values(info: StreamInfo) -> dict[str, Any]:
 P = ParamSpec("P")
 R = TypeVar("R")
 SQLITE_FULL = 13  # "database or disk is full"
+REPLACE_ATTEMPTS = 10
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -192,6 +193,17 @@ class SqlMetadataRepo:
 
     @translated
     async def insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
+        # A replace that lost a race with another node's insert of the same id
+        # (the row it waited for was deleted, the new one not yet visible) tries again.
+        for _ in range(REPLACE_ATTEMPTS - 1):
+            try:
+                return await self._insert(info, replace=replace)
+            except StreamExists:
+                if not replace:
+                    raise
+        return await self._insert(info, replace=replace)
+
+    async def _insert(self, info: StreamInfo, *, replace: bool) -> StreamInfo | None:
         async with self._write_lock, self._sessions.begin() as session:
             # FOR UPDATE (PostgreSQL): a concurrent replace of the row waits for this one.
             old = await session.get(StreamRow, info.id, with_for_update=True)

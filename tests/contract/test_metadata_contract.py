@@ -249,3 +249,19 @@ async def test_concurrent_creates_and_deletes_lose_no_row(repo: MetadataRepo) ->
     assert sorted(rows) == sorted(
         [f"s{n:03}" for n in range(1, 60, 2)] + [f"t{n:03}" for n in range(30)]
     )
+
+
+async def test_concurrent_replaces_of_one_id_all_succeed_one_after_another(
+    repo: MetadataRepo,
+) -> None:
+    """Each replace removes exactly the row before it: one saw no row, every
+    other saw a different predecessor, and the last one's row remains."""
+    replaced = await asyncio.gather(
+        *(repo.insert(info("hot", key=f"k{n}"), replace=True) for n in range(10))
+    )
+    keys = {f"k{n}" for n in range(10)}
+    previous = [row.key for row in replaced if row is not None]
+    assert sum(row is None for row in replaced) == 1
+    assert len(set(previous)) == 9 and set(previous) < keys
+    final = await repo.get("hot")
+    assert final is not None and keys - set(previous) == {final.key}
