@@ -244,16 +244,13 @@ def _produce_operation(with_id: bool) -> dict[str, Any]:
         flag_query("force", "Replace an existing stream (needs admin scope as well as write)."),
         METADATA,
     ]
-    error_responses = {
-        str(status): {
+    error_responses: dict[str, Any] = {}
+    for status in (400, 401, 403, 409, 413, 503, 507):
+        description, headers = _ERRORS[status]
+        error_responses[str(status)] = {
             "description": description,
             "content": {"application/json": {"schema": {"$ref": REF + "Error"}}},
-            **({"headers": headers} if headers else {}),
-        }
-        for status, (description, headers) in (
-            (status, _ERRORS[status]) for status in (400, 401, 403, 409, 413, 503, 507)
-        )
-    }
+        } | ({"headers": headers} if headers else {})
     error_responses["409"]["description"] = "The id is taken (send force=true to replace it)."
     return {
         "tags": ["streams"],
