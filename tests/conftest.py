@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.nats_env import drop_session_streams
 from tests.pg import drop_session_namespaces
 from tests.s3server import S3Server, find_weed
 from tests.server import ServerProcess
@@ -15,6 +16,7 @@ from tests.server import ServerProcess
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     drop_session_namespaces()
+    drop_session_streams()
 
 
 @pytest.fixture
