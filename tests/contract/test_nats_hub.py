@@ -208,3 +208,23 @@ async def _ready(hub: NatsHub) -> None:
             return
         except NotReady:
             await asyncio.sleep(0.05)
+
+
+async def test_the_outbox_is_bounded_while_nats_is_down(own_nats: NatsServer) -> None:
+    namespace = new_namespace()
+    async with AsyncExitStack() as stack:
+        a = NatsHub([own_nats.url], namespace, "a", timeout=1, outbox=3)
+        b = NatsHub([own_nats.url], namespace, "b", timeout=1)
+        for hub in (a, b):
+            await hub.start()
+            stack.push_async_callback(hub.close)
+        feed = await stack.enter_async_context(b.feed())
+        own_nats.stop()
+        for n in range(5):
+            a.publish(event(EventKind.CREATED, f"s{n}"))
+            a.publish(event(EventKind.PROGRESS, f"s{n}", 1))
+        # The oldest lifecycle events and the oldest streams' progress make room.
+        assert a.dropped == 2 + 2
+        await asyncio.to_thread(own_nats.start)
+        got = await take(feed, 3, timeout=15)
+    assert [e.stream_id for e in got] == ["s2", "s3", "s4"]
