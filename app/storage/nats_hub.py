@@ -243,7 +243,10 @@ class NatsHub:
             )
             self._connected.set()
             self._js = self._nc.jetstream(timeout=self._timeout)
-            await self._ensure_stream()
+            # Only events stored from now on: the consumer nats-py re-creates after
+            # a NATS restart starts after the last event it saw, or at the very
+            # first one when it saw none.
+            self._delivered_seq = await self._ensure_stream()
             self._events_sub = await asyncio.wait_for(
                 self._js.subscribe(
                     self.events_subject,
@@ -260,7 +263,8 @@ class NatsHub:
             raise NotReady(f"NATS ({where(self.servers)}) is not reachable: {_why(exc)}") from exc
         self._sender = asyncio.create_task(self._send())
 
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self) -> int:
+        """Create the events stream unless it exists; return its last sequence."""
         assert self._js is not None
         config = StreamConfig(
             name=self.stream_name,
@@ -271,10 +275,11 @@ class NatsHub:
             max_age=EVENTS_MAX_AGE,
         )
         try:
-            await asyncio.wait_for(self._js.add_stream(config), self._timeout)
+            info = await asyncio.wait_for(self._js.add_stream(config), self._timeout)
         except BadRequestError:
             # It exists (another node made it, perhaps with other limits): use it.
-            await asyncio.wait_for(self._js.stream_info(self.stream_name), self._timeout)
+            info = await asyncio.wait_for(self._js.stream_info(self.stream_name), self._timeout)
+        return info.state.last_seq
 
     async def close(self) -> None:
         if self._closed:
@@ -379,13 +384,7 @@ class NatsHub:
                     with suppress(TimeoutError):
                         await asyncio.wait_for(self._connected.wait(), self._timeout)
                     continue
-                progress, self._progress = self._progress, {}
-                for event in progress.values():
-                    subject = f"{self.namespace}.progress.{subject_token(event.stream_id)}"
-                    try:
-                        await nc.publish(subject, encode(event))
-                    except Exception as exc:  # dropped: a later progress supersedes it
-                        log.debug("progress_not_sent error=%s", _why(exc))
+                await self._send_progress(nc)
                 if not self._lifecycle:
                     continue
                 out = self._lifecycle[0]
@@ -410,11 +409,31 @@ class NatsHub:
                     self._lifecycle.popleft()
                     self._mark_sent()
 
+    async def _send_progress(self, nc: Client) -> None:
+        pending = list(self._progress.values())
+        self._progress = {}
+        sent = 0
+        try:
+            async with asyncio.timeout(self._timeout):
+                for event in pending:
+                    subject = f"{self.namespace}.progress.{subject_token(event.stream_id)}"
+                    await nc.publish(subject, encode(event))
+                    sent += 1
+        except Exception as exc:
+            log.debug("progress_not_sent node=%s error=%s", self.node_id, _why(exc))
+            await asyncio.sleep(0.05)
+            # Kept for the next round, unless a newer one came meanwhile.
+            for event in pending[sent:]:
+                self._progress.setdefault(event.stream_id, event)
+
     # -- receive ------------------------------------------------------------------
 
     async def _on_lifecycle(self, msg: Msg) -> None:
         try:
-            event = replace(decode(msg.data), seq=msg.metadata.sequence.stream)
+            seq = msg.metadata.sequence.stream
+            if seq <= self._delivered_seq:
+                return  # from before this hub started, or seen already
+            event = replace(decode(msg.data), seq=seq)
         except Exception as exc:  # another version's or a stranger's message
             log.warning("hub_event_unreadable error=%s", _why(exc))
             return
@@ -424,7 +443,7 @@ class NatsHub:
                 channel.offer(event)
         for feed in self._feeds:
             feed.put(event)
-        self._delivered_seq = max(self._delivered_seq, event.seq or 0)
+        self._delivered_seq = seq
         self._notify()
 
     def _progress_handler(
@@ -468,10 +487,11 @@ class NatsHub:
         assert nc is not None
         subject = f"{self.namespace}.progress.{subject_token(stream_id)}"
         try:
-            channel.nats = await nc.subscribe(subject, cb=self._progress_handler(channel))
-            if nc.is_connected:
-                # flush's own timeout is whole seconds; wait_for is the bound.
-                await asyncio.wait_for(nc.flush(math.ceil(self._timeout)), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                channel.nats = await nc.subscribe(subject, cb=self._progress_handler(channel))
+                if nc.is_connected:
+                    # flush's own timeout is whole seconds; the block's is the bound.
+                    await nc.flush(math.ceil(self._timeout))
         except Exception as exc:  # disconnected: nats-py subscribes again on reconnect
             log.debug("progress_subscribe_pending stream_id=%s error=%s", stream_id, _why(exc))
 

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
+import nats
 import pytest
 
 from app.errors import NotReady
@@ -228,3 +229,42 @@ async def test_the_outbox_is_bounded_while_nats_is_down(own_nats: NatsServer) ->
         await asyncio.to_thread(own_nats.start)
         got = await take(feed, 3, timeout=15)
     assert [e.stream_id for e in got] == ["s2", "s3", "s4"]
+
+
+async def test_events_from_before_a_hub_started_never_reach_it(own_nats: NatsServer) -> None:
+    # When its events consumer goes away (a NATS restart, a lost ephemeral
+    # consumer), nats-py re-creates it from the first stored event if this hub
+    # had seen none yet: those old events must not come back.
+    namespace = new_namespace()
+    async with AsyncExitStack() as stack:
+        a = NatsHub([own_nats.url], namespace, "a", timeout=1)
+        await a.start()
+        stack.push_async_callback(a.close)
+        async with a.feed() as feed:
+            a.publish(event(EventKind.DELETED, "s", key="old"))
+            await take(feed, 1)
+        b = NatsHub([own_nats.url], namespace, "b", timeout=1)
+        await b.start()
+        stack.push_async_callback(b.close)
+        sub = await stack.enter_async_context(b.subscribe("s"))
+        feed = await stack.enter_async_context(b.feed())
+
+        nc = await nats.connect(own_nats.url)
+        stack.push_async_callback(nc.close)
+        jsm = nc.jetstream()
+        assert b._events_sub is not None
+        lost = b._events_sub._consumer
+        await jsm.delete_consumer(b.stream_name, lost)
+
+        async def recreated() -> None:
+            while True:
+                names = {c.name for c in await jsm.consumers_info(b.stream_name)}
+                if len(names) == 2 and lost not in names:
+                    return
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(recreated(), 15)
+        a.publish(event(EventKind.CREATED, "s", key="new"))
+        got = await sub.wait(beyond=0, timeout=10)
+        assert got is not None and (got.kind, got.key) == (EventKind.CREATED, "new")
+        assert [e.key for e in await take(feed, 1, timeout=10)] == ["new"]
