@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             space=build_space(settings),
         )
+        await hub.start()
         await service.start()
         app.state.service = service
         app.state.signer = Signer(load_signing_key(settings.signing_key, settings.data_dir))

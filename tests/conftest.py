@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 import tests.server
+from tests.nats_env import drop_session_streams
 from tests.pg import drop_session_namespaces
 from tests.s3server import S3Server, find_weed
 from tests.server import ServerProcess
@@ -44,6 +45,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     drop_session_namespaces()
+    drop_session_streams()
 
 
 @pytest.fixture

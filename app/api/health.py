@@ -22,4 +22,5 @@ async def healthz() -> dict[str, str]:
 async def readyz(service: ServiceDep) -> dict[str, str]:
     await service.store.check()
     await service.repo.check()
+    await service.hub.check()
     return {"status": "ready"}

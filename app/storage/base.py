@@ -129,6 +129,9 @@ class Feed(Protocol):
 class Hub(Protocol):
     """Fan-out of small events. publish never awaits a subscriber."""
 
+    async def start(self) -> None:
+        """Connect; raise NotReady naming the backend when it cannot."""
+
     def publish(self, event: HubEvent) -> None: ...
 
     def subscribe(self, stream_id: str) -> AbstractAsyncContextManager[Subscription]: ...
@@ -136,5 +139,8 @@ class Hub(Protocol):
     def feed(self) -> AbstractAsyncContextManager[Feed]:
         """Lifecycle events from now on; a subscriber that falls too far behind is
         ended (its iteration stops)."""
+
+    async def check(self) -> None:
+        """Raise NotReady when events cannot reach other nodes."""
 
     async def close(self) -> None: ...

@@ -10,6 +10,7 @@ from app.errors import ConfigError
 from app.storage.base import Hub, MetadataRepo, SegmentStore
 from app.storage.memory_hub import MemoryHub
 from app.storage.metadata import SqlMetadataRepo
+from app.storage.nats_hub import NatsHub
 from app.storage.segments import LocalSegmentStore
 from app.storage.space import DiskSpace
 
@@ -42,15 +43,25 @@ def store_scheme(settings: Settings) -> str:
     return scheme
 
 
+def nats_servers(settings: Settings) -> list[str]:
+    """The servers of a ``nats://`` tail_url (several comma-separated); [] without one."""
+    if settings.tail_url is None:
+        return []
+    servers = [part.strip() for part in settings.tail_url.split(",")]
+    for server in servers:
+        scheme = server.partition(":")[0].lower()
+        if scheme != "nats" or not server[len("nats:") :].startswith("//") or server == "nats://":
+            raise ConfigError(
+                f"config key 'tail_url': unsupported value (scheme {scheme!r}); use "
+                "nats://HOST:PORT (several comma-separated), or leave it empty for the "
+                "in-process hub"
+            )
+    return servers
+
+
 def tail_scheme(settings: Settings) -> str:
-    # nats:// (SPEC §12.2) goes here: the JetStream hub and tail.
-    if settings.tail_url is not None:
-        scheme = settings.tail_url.partition(":")[0].lower()
-        raise ConfigError(
-            f"config key 'tail_url': unsupported scheme {scheme!r}; "
-            "leave it empty for the in-process hub"
-        )
-    return "memory"
+    # The JetStream tail of live streams (SPEC §12.2) will come with this scheme too.
+    return "nats" if nats_servers(settings) else "memory"
 
 
 def check_urls(settings: Settings) -> None:
@@ -69,7 +80,14 @@ def build_backends(settings: Settings) -> tuple[SegmentStore, MetadataRepo, Hub]
     check_urls(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
-    return store, build_repo(settings), MemoryHub()
+    return store, build_repo(settings), build_hub(settings)
+
+
+def build_hub(settings: Settings) -> Hub:
+    servers = nats_servers(settings)
+    if not servers:
+        return MemoryHub()
+    return NatsHub(servers, settings.namespace, settings.resolved_node_id)
 
 
 def build_space(settings: Settings) -> DiskSpace:

@@ -126,6 +126,12 @@ class MemoryHub:
         finally:
             self._feeds.discard(feed)
 
+    async def start(self) -> None:
+        pass
+
+    async def check(self) -> None:
+        pass
+
     async def close(self) -> None:
         for feed in self._feeds:
             feed.close()

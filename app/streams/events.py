@@ -23,9 +23,10 @@ class LoggedEvent:
 
 
 class EventLog:
-    """Records the hub's lifecycle feed. Sequence numbers start from the clock
-    (microseconds), so they keep increasing across restarts and an old
-    Last-Event-ID never skips new events."""
+    """Records the hub's lifecycle feed. Sequence numbers are the hub's own when
+    it has them (NATS: the JetStream sequence, the same on every node), else
+    they start from the clock (microseconds), so they keep increasing across
+    restarts and an old Last-Event-ID never skips new events."""
 
     def __init__(self, window: int = WINDOW) -> None:
         self._events: collections.deque[LoggedEvent] = collections.deque(maxlen=window)
@@ -51,7 +52,10 @@ class EventLog:
     def add(self, event: HubEvent) -> None:
         if event.info is None:
             return
-        self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        if event.seq is not None:
+            self._seq = event.seq
+        else:
+            self._seq = max(self._seq + 1, time.time_ns() // 1000)
         self._events.append(LoggedEvent(self._seq, event.kind.value, event.info))
         woken, self._changed = self._changed, asyncio.Event()
         woken.set()

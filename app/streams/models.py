@@ -233,3 +233,6 @@ class HubEvent:
     size: int
     state: StreamState | None = None  # None after deletion
     info: StreamInfo | None = field(default=None, compare=False)
+    # A lifecycle event's place in the cluster-wide order (its JetStream sequence,
+    # app/storage/nats_hub.py); None from the in-process hub.
+    seq: int | None = field(default=None, compare=False)

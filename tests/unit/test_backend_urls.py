@@ -10,7 +10,9 @@ import pytest
 
 from app.config import Settings, load_settings
 from app.errors import ConfigError
-from app.storage.factory import build_repo, check_urls
+from app.storage.factory import build_hub, build_repo, check_urls, tail_scheme
+from app.storage.memory_hub import MemoryHub
+from app.storage.nats_hub import NatsHub
 
 
 def settings(**values: Any) -> Settings:
@@ -44,7 +46,10 @@ def test_supported_database_urls_pass(url: str) -> None:
         ({"database_url": "::nonsense::"}, "database_url"),
         ({"store_url": "s3://bucket/prefix"}, "store_url"),
         ({"store_url": "ftp://h/x"}, "store_url"),
-        ({"tail_url": "nats://127.0.0.1:4222"}, "tail_url"),
+        ({"tail_url": "redis://u:secret@127.0.0.1:6379"}, "tail_url"),
+        ({"tail_url": "nats://127.0.0.1:4222,redis://h"}, "tail_url"),
+        ({"tail_url": "nats:127.0.0.1"}, "tail_url"),
+        ({"tail_url": "nats://"}, "tail_url"),
     ],
 )
 def test_unsupported_urls_are_a_config_error_naming_the_key(
@@ -54,6 +59,23 @@ def test_unsupported_urls_are_a_config_error_naming_the_key(
         check_urls(settings(**values))
     assert f"'{key}'" in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "servers"),
+    [
+        ("nats://127.0.0.1:4222", ["nats://127.0.0.1:4222"]),
+        ("NATS://a:4222, nats://u:p@b:4223", ["NATS://a:4222", "nats://u:p@b:4223"]),
+    ],
+)
+def test_nats_tail_urls_build_the_nats_hub(url: str, servers: list[str]) -> None:
+    s = settings(tail_url=url, namespace="ns1", node_id="n1")
+    check_urls(s)
+    assert tail_scheme(s) == "nats"
+    hub = build_hub(s)
+    assert isinstance(hub, NatsHub)
+    assert (hub.servers, hub.namespace, hub.node_id) == (servers, "ns1", "n1")
+    assert isinstance(build_hub(Settings()), MemoryHub)
 
 
 def test_the_repository_is_never_built_on_an_unsupported_url() -> None:
