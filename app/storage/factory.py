@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -10,10 +12,13 @@ from app.errors import ConfigError
 from app.storage.base import Hub, MetadataRepo, SegmentStore
 from app.storage.memory_hub import MemoryHub
 from app.storage.metadata import SqlMetadataRepo
+from app.storage.s3_objects import MIN_PART_BYTES, S3ObjectStore, S3Settings
 from app.storage.segments import LocalSegmentStore
 from app.storage.space import DiskSpace
+from app.storage.tiered import TieredSegmentStore
 
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def database_driver(settings: Settings) -> str:
@@ -32,14 +37,32 @@ def database_driver(settings: Settings) -> str:
 
 
 def store_scheme(settings: Settings) -> str:
+    if settings.store_url == "file:":
+        return "file"
     scheme = settings.store_url.partition(":")[0].lower()
-    # s3:// (SPEC §12.1) goes here: a TieredSegmentStore once it exists.
-    if settings.store_url != "file:":
-        raise ConfigError(
-            f"config key 'store_url': unsupported value (scheme {scheme!r}); "
-            "only file: (segment files under data_dir) is available"
-        )
-    return scheme
+    if scheme == "s3":
+        s3_location(settings)
+        if settings.segment_bytes < MIN_PART_BYTES:
+            raise ConfigError(
+                f"config key 'segment_bytes': must be at least {MIN_PART_BYTES} "
+                "with store_url s3:// (S3's smallest multipart part)"
+            )
+        return scheme
+    raise ConfigError(
+        f"config key 'store_url': unsupported value (scheme {scheme!r}); "
+        "use file: (segment files under data_dir) or s3://BUCKET/PREFIX"
+    )
+
+
+def s3_location(settings: Settings) -> tuple[str, str]:
+    """(bucket, key prefix) of an s3:// store_url; this deployment's keys go
+    under PREFIX/NAMESPACE/ so that deployments can share a bucket."""
+    rest = settings.store_url[len("s3://") :] if settings.store_url.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    if not BUCKET_NAME.match(bucket):
+        raise ConfigError("config key 'store_url': not s3://BUCKET/PREFIX with a valid bucket name")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/{settings.namespace}" if prefix else settings.namespace
 
 
 def tail_scheme(settings: Settings) -> str:
@@ -68,8 +91,40 @@ def build_repo(settings: Settings) -> SqlMetadataRepo:
 def build_backends(settings: Settings) -> tuple[SegmentStore, MetadataRepo, Hub]:
     check_urls(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
-    return store, build_repo(settings), MemoryHub()
+    return build_store(settings), build_repo(settings), MemoryHub()
+
+
+def build_store(settings: Settings) -> SegmentStore:
+    local = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
+    if store_scheme(settings) == "file":
+        return local
+    bucket, prefix = s3_location(settings)
+    s3 = settings.s3
+    objects = S3ObjectStore(
+        bucket,
+        S3Settings(
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+            part_bytes=s3.part_bytes,
+            max_concurrency=s3.max_concurrency,
+            retries=s3.retries,
+            timeout_seconds=s3.timeout,
+            backoff_max_seconds=s3.max_backoff,
+            backoff_base_seconds=min(0.1, s3.max_backoff),
+        ),
+        prefix,
+    )
+    return TieredSegmentStore(
+        local,
+        objects,
+        local_root=settings.data_dir / "segments",
+        state_root=settings.data_dir / "s3",
+        segment_bytes=settings.segment_bytes,
+        cache_bytes=settings.cache_bytes,
+        max_pending_bytes=s3.max_pending_bytes,
+    )
 
 
 def build_space(settings: Settings) -> DiskSpace:
