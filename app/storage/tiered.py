@@ -155,6 +155,13 @@ class TieredSegmentStore:
             self._opened = False
             await self._objects.close()
 
+    async def settled(self) -> None:
+        """Return once no upload or deletion is left (tests; a drained shutdown)."""
+        while self._uploads or self._deletes:
+            await asyncio.gather(
+                *self._uploads.values(), *self._deletes.values(), return_exceptions=True
+            )
+
     # -- the SegmentStore contract -----------------------------------------------------
 
     async def create(self, key: str) -> None:
