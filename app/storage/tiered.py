@@ -174,7 +174,7 @@ class TieredSegmentStore:
     async def open_writer(self, key: str) -> TieredSegmentWriter:
         return TieredSegmentWriter(self, key, await self._local.open_writer(key))
 
-    async def read(self, key: str, offset: int, limit: int) -> bytes:
+    async def read(self, key: str, offset: int, limit: int) -> bytes | memoryview:
         index, start = divmod(offset, self._segment_bytes)
         slot = (key, index)
         if slot in self._cached or not self._uploaded(key, index):
