@@ -43,6 +43,7 @@ log = logging.getLogger("weft.s3")
 FINISHED = "finished"
 DELETING = ".deleting"
 SUMS_CACHE = 1024  # remote segments whose checksums are kept in memory
+READY_SECONDS = 3.0  # how long check() waits for the bucket
 RETRY_FIRST = 0.1  # seconds before an upload that failed is tried again, doubling
 
 
@@ -174,7 +175,7 @@ class TieredSegmentStore:
     async def open_writer(self, key: str) -> TieredSegmentWriter:
         return TieredSegmentWriter(self, key, await self._local.open_writer(key))
 
-    async def read(self, key: str, offset: int, limit: int) -> bytes | memoryview:
+    async def read(self, key: str, offset: int, limit: int) -> bytes:
         index, start = divmod(offset, self._segment_bytes)
         slot = (key, index)
         if slot in self._cached or not self._uploaded(key, index):
@@ -182,7 +183,10 @@ class TieredSegmentStore:
                 self._cached.move_to_end(slot)
             self._reading[slot] += 1
             try:
-                return await self._local.read(key, offset, limit)
+                data = await self._local.read(key, offset, limit)
+                # A local store that returns views (no copy) gets one here, so that
+                # this type-checks with either; return the view once both agree.
+                return data if isinstance(data, bytes) else bytes(data)
             finally:
                 self._reading[slot] -= 1
                 if not self._reading[slot]:
@@ -249,9 +253,15 @@ class TieredSegmentStore:
         except NotReady:
             raise NotReady("The local disk of the segment store cannot be written.") from None
         try:
-            await self._objects.check()
+            # Bounded: a readiness probe gives up after a few seconds, and the
+            # retries of a bucket that is down would take far longer.
+            await asyncio.wait_for(self._objects.check(), READY_SECONDS)
         except StorageUnavailable as exc:
             raise StorageUnavailable(f"S3 is not available: {exc.message}") from None
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"S3 is not available: the bucket did not answer within {READY_SECONDS:g} s."
+            ) from None
 
     # -- uploads ----------------------------------------------------------------------
 

@@ -232,6 +232,25 @@ def test_uploads_pending_at_a_restart_are_made_by_the_next_start(
         assert response.headers["x-stream-state"] == "complete"
 
 
+def test_reads_that_need_the_bucket_get_503_while_it_is_down(
+    s3_weft: Callable[..., ServerProcess], raw: Any, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    server = s3_weft()
+    data = pattern(SEG + 10, seed=12)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/stream/away", content=data).status_code == 201
+        wait_for(lambda: len(segments(raw, s3_bucket)) == 2, "both segments uploaded")
+        wait_for(lambda: local_bytes(server) < 64 * 1024, "the local files to be evicted")
+        proxy.down = True
+        assert "object store" in assert_json_error(client.get("/stream/away"), 503)
+        ranged = client.get("/stream/away", headers={"Range": "bytes=5-9"})
+        assert_json_error(ranged, 503)
+        assert client.head("/stream/away").status_code == 200  # no bytes needed
+        assert client.get("/streams/away").json()["size"] == len(data)
+        proxy.down = False
+        assert client.get("/stream/away").content == data
+
+
 def test_deleting_while_the_bucket_is_down_removes_the_objects_once_it_is_back(
     s3_weft: Callable[..., ServerProcess], raw: Any, s3_bucket: str, proxy: FaultProxy
 ) -> None:
