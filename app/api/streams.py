@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -36,6 +36,7 @@ from app.streams.models import StreamInfo, StreamState, parse_count, rfc3339
 
 router = APIRouter(tags=["streams"])
 log = logging.getLogger("weft.api")
+T = TypeVar("T")
 
 
 def stream_headers(info: StreamInfo) -> dict[str, str]:
@@ -87,11 +88,11 @@ class StreamBody(StreamingResponse):
             self._cut()
 
 
-async def prefetched(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def prefetched(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
     """chunks, with the first one read now, before any header is sent: a store
     that cannot be read (the bucket is down) is then a 503 with a JSON body
     instead of a response cut after its headers."""
-    first: bytes | None = None
+    first: T | None = None
     cut: BodyCut | None = None
     try:
         first = await anext(chunks)
@@ -100,7 +101,7 @@ async def prefetched(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except BodyCut as exc:  # a bad first block: cut after the headers, as any other
         cut = exc
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncIterator[T]:
         if cut is not None:
             raise cut
         if first is not None:
