@@ -232,6 +232,38 @@ def test_uploads_pending_at_a_restart_are_made_by_the_next_start(
         assert response.headers["x-stream-state"] == "complete"
 
 
+def test_a_live_stream_whose_segments_are_in_the_bucket_survives_a_crash_and_resumes(
+    s3_weft: Callable[..., ServerProcess], raw: Any, s3_bucket: str
+) -> None:
+    server = s3_weft()
+    data = pattern(3 * SEG, seed=13)
+    cut = 2 * SEG + 100
+    with RawConnection(server.port) as producer:
+        producer.send(request_head("POST", "/stream/crash", chunked=True))
+        for at in range(0, cut, MiB):
+            producer.send_chunk(data[at : min(at + MiB, cut)])
+        wait_for(lambda: len(segments(raw, s3_bucket)) == 2, "two full segments uploaded")
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            wait_for(lambda: client.head("/stream/crash").headers["upload-offset"] == str(cut), "")
+        wait_for(lambda: local_bytes(server) < 1 * MiB, "the full segments to leave the disk")
+        server.kill()
+    server.start()  # rebuilds the live stream (size, digest) from the bucket and the tail
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        head = client.head("/stream/crash")
+        assert head.headers["x-stream-state"] == "live"
+        assert head.headers["upload-offset"] == str(cut)
+        rest = client.patch(
+            "/stream/crash",
+            headers={"Upload-Offset": str(cut), "Upload-Complete": "?1"},
+            content=data[cut:],
+        )
+        assert rest.status_code == 204, rest.text
+        done = info(client, "crash")
+        assert (done["state"], done["sha256"]) == ("complete", sha256_hex(data))
+        assert client.get("/stream/crash").content == data
+    wait_for(lambda: len(segments(raw, s3_bucket)) == 3, "the last segment uploaded")
+
+
 def test_reads_that_need_the_bucket_get_503_while_it_is_down(
     s3_weft: Callable[..., ServerProcess], raw: Any, s3_bucket: str, proxy: FaultProxy
 ) -> None:
