@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio.to_thread
@@ -223,7 +224,7 @@ class TieredSegmentStore:
     async def delete(self, key: str) -> None:
         """Local bytes go now, the bucket's in the background (a DELETE must not
         wait on, or fail with, a bucket that is down)."""
-        self._forget(key)
+        cancelled = self._forget(key)
         marker = self._state / DELETING / key
 
         def local() -> None:
@@ -232,7 +233,7 @@ class TieredSegmentStore:
 
         await anyio.to_thread.run_sync(local)
         await self._local.delete(key)
-        self._delete_remote_later(key)
+        self._delete_remote_later(key, cancelled)
 
     async def finish(self, key: str) -> None:
         """The stream gets no more bytes: its last, partial segment is uploaded too."""
@@ -378,13 +379,16 @@ class TieredSegmentStore:
             os.close(fd)
         (self._state / key / _name(index)).unlink(missing_ok=True)
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: str) -> list[asyncio.Task[None]]:
+        """Drop what this store holds about key; return its cancelled uploads."""
+        cancelled = [task for slot, task in self._uploads.items() if slot[0] == key]
         for slot in [s for s in {*self._uploads, *self._pending} if s[0] == key]:
             self._cancel(slot)
         for slot in [s for s in self._cached if s[0] == key]:
             self._uncache(slot)
         for slot in [s for s in self._sums if s[0] == key]:
             del self._sums[slot]
+        return cancelled
 
     # -- the bucket ----------------------------------------------------------------------
 
@@ -427,14 +431,17 @@ class TieredSegmentStore:
             self._sums.popitem(last=False)
         return parsed
 
-    def _delete_remote_later(self, key: str) -> None:
+    def _delete_remote_later(self, key: str, uploads: Sequence[asyncio.Task[None]] = ()) -> None:
         if key in self._deletes:
             return
-        task = asyncio.create_task(self._delete_remote(key))
+        task = asyncio.create_task(self._delete_remote(key, uploads))
         self._deletes[key] = task
         task.add_done_callback(lambda _: self._deletes.pop(key, None))
 
-    async def _delete_remote(self, key: str) -> None:
+    async def _delete_remote(self, key: str, uploads: Sequence[asyncio.Task[None]]) -> None:
+        # Cancelled uploads first abort their multipart uploads; a PUT that was
+        # already sent must not land after the listing below.
+        await asyncio.gather(*uploads, return_exceptions=True)
         delay = RETRY_FIRST
         cap = max(RETRY_FIRST, self._objects.settings.backoff_max_seconds)
         while True:
