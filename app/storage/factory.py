@@ -88,13 +88,17 @@ def build_repo(settings: Settings) -> SqlMetadataRepo:
     return SqlMetadataRepo(settings.resolved_database_url, namespace=settings.namespace)
 
 
-def build_backends(settings: Settings) -> tuple[SegmentStore, MetadataRepo, Hub]:
+def build_backends(
+    settings: Settings, *, read_only: bool = False
+) -> tuple[SegmentStore, MetadataRepo, Hub]:
+    """read_only: for tools beside a running server (weft verify), whose store
+    must leave uploads and the read cache to the server."""
     check_urls(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return build_store(settings), build_repo(settings), MemoryHub()
+    return build_store(settings, read_only=read_only), build_repo(settings), MemoryHub()
 
 
-def build_store(settings: Settings) -> SegmentStore:
+def build_store(settings: Settings, *, read_only: bool = False) -> SegmentStore:
     local = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
     if store_scheme(settings) == "file":
         return local
@@ -124,6 +128,7 @@ def build_store(settings: Settings) -> SegmentStore:
         segment_bytes=settings.segment_bytes,
         cache_bytes=settings.cache_bytes,
         max_pending_bytes=s3.max_pending_bytes,
+        read_only=read_only,
     )
 
 

@@ -88,8 +88,10 @@ class TieredSegmentStore:
         segment_bytes: int,
         cache_bytes: int,
         max_pending_bytes: int,
+        read_only: bool = False,
     ) -> None:
         self._local = local
+        self._read_only = read_only  # reads only: no uploads, no eviction (weft verify)
         self._objects = objects
         self._root = local_root  # the local store's root: {key}/{index:08d}
         self._state = state_root
@@ -111,9 +113,11 @@ class TieredSegmentStore:
     async def start(self) -> None:
         """Open the bucket's client (without asking the bucket anything: a start
         while it is down works) and resume the work a previous run left."""
-        (self._state / DELETING).mkdir(parents=True, exist_ok=True)
         await self._objects.open()
         self._opened = True
+        if self._read_only:
+            return
+        (self._state / DELETING).mkdir(parents=True, exist_ok=True)
         todo, deleting = await anyio.to_thread.run_sync(self._scan)
         for key, index, length in todo:
             self._schedule(key, index, length)

@@ -25,6 +25,7 @@ from tests.e2e.helpers import (
 )
 from tests.e2e.test_config import run_app, write_config
 from tests.e2e.test_disk_full import info, pattern, produce_until_refused
+from tests.e2e.test_integrity import verify
 from tests.s3.faultproxy import FaultProxy, ProxyThread
 from tests.s3server import S3Server
 from tests.server import ServerProcess
@@ -55,7 +56,7 @@ def s3_weft(
     s3_bucket: str,
     proxy: FaultProxy,
 ) -> Callable[..., ServerProcess]:
-    def start(**s3: Any) -> ServerProcess:
+    def start(cache_bytes: int = 0, **s3: Any) -> ServerProcess:
         settings: dict[str, Any] = {
             "endpoint_url": proxy.endpoint_url,
             "region": s3_server.region,
@@ -71,7 +72,7 @@ def s3_weft(
             store_url=f"s3://{s3_bucket}/pre",
             namespace="e2e",
             segment_bytes=SEG,
-            cache_bytes=0,
+            cache_bytes=cache_bytes,
             s3=settings,
         )
 
@@ -262,6 +263,28 @@ def test_a_live_stream_whose_segments_are_in_the_bucket_survives_a_crash_and_res
         assert (done["state"], done["sha256"]) == ("complete", sha256_hex(data))
         assert client.get("/stream/crash").content == data
     wait_for(lambda: len(segments(raw, s3_bucket)) == 3, "the last segment uploaded")
+
+
+def test_weft_verify_checks_the_objects_and_leaves_the_server_alone(
+    s3_weft: Callable[..., ServerProcess], raw: Any, s3_bucket: str
+) -> None:
+    server = s3_weft(cache_bytes=64 * MiB)  # the server keeps its copies on disk
+    data = pattern(SEG + 10, seed=14)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/stream/checked", content=data).status_code == 201
+        wait_for(lambda: len(segments(raw, s3_bucket)) == 2, "both segments uploaded")
+        cached = local_bytes(server)
+        assert cached > SEG
+        assert verify(server).returncode == 0
+        assert local_bytes(server) == cached  # verify neither evicted nor uploaded anything
+        name = next(k for k in objects(raw, s3_bucket) if k.endswith("/00000000"))
+        bad = bytearray(data[:SEG])
+        bad[SEG // 2] ^= 0x20
+        raw.put_object(Bucket=s3_bucket, Key=PREFIX + name, Body=bytes(bad))
+        found = verify(server)
+        assert found.returncode != 0
+        assert found.stdout.startswith("checked: ")
+        assert client.get("/stream/checked").content == data  # the server's cached copy
 
 
 def test_reads_that_need_the_bucket_get_503_while_it_is_down(
