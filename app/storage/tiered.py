@@ -13,7 +13,9 @@ An uploaded segment's local file stays as a read cache (LRU, ``cache_bytes``
 in all); evicting it truncates the file to nothing and extends it back to its
 length, a sparse file that takes no disk space but keeps the size the local
 store computes a stream's size from. Reads of an evicted segment are ranged
-GETs. At start every uploaded segment is evicted: the cache starts cold.
+GETs. At start every uploaded segment is evicted: the cache starts cold. A
+finished stream with every segment uploaded and none cached is retired: its
+local files and markers go, and ``state_root/{key}/retired`` keeps its size.
 
 While the bucket cannot be reached, uploads retry forever (with backoff) and
 producers may go on until ``max_pending_bytes`` of full segments wait; then
@@ -36,12 +38,13 @@ from pathlib import Path
 import anyio.to_thread
 
 from app.errors import CorruptBlock, NotFound, NotReady, StorageUnavailable, StreamNotFound
-from app.storage.blocks import BLOCK, SUFFIX, Flaw, Sums, parse, verify
+from app.storage.blocks import BLOCK, SUFFIX, Flaw, Sums, parse, scan, verify
 from app.storage.s3_objects import S3ObjectStore
 from app.storage.segments import LocalSegmentStore, LocalSegmentWriter
 
 log = logging.getLogger("weft.s3")
 FINISHED = "finished"
+RETIRED = "retired"  # every byte is in the bucket; holds the stream's size
 DELETING = ".deleting"
 SUMS_CACHE = 1024  # remote segments whose checksums are kept in memory
 READY_SECONDS = 3.0  # how long check() waits for the bucket
@@ -50,6 +53,19 @@ RETRY_FIRST = 0.1  # seconds before an upload that failed is tried again, doubli
 
 def _name(index: int) -> str:
     return f"{index:08d}"
+
+
+def _sidecar(path: Path) -> bytes:
+    """The segment's checksums as its sidecar has them; computed from the
+    segment when it has none (an empty stream's first segment, an old file)."""
+    try:
+        return Path(f"{path}{SUFFIX}").read_bytes()
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY)  # FileNotFoundError: the segment went too
+        try:
+            return scan(fd, os.fstat(fd).st_size).encode()
+        finally:
+            os.close(fd)
 
 
 class TieredSegmentWriter:
@@ -106,6 +122,7 @@ class TieredSegmentStore:
         self._reading: Counter[tuple[str, int]] = Counter()  # local reads in flight
         self._sums: OrderedDict[tuple[str, int], Sums] = OrderedDict()
         self._deletes: dict[str, asyncio.Task[None]] = {}
+        self._retiring: dict[str, asyncio.Task[None]] = {}
         self._opened = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -135,38 +152,53 @@ class TieredSegmentStore:
                 continue
             key = directory.name
             state = self._state / key
+            if (state / RETIRED).exists():  # a retirement the last run did not finish
+                shutil.rmtree(directory, ignore_errors=True)
+                self._drop_markers(key)
+                continue
             finished = (state / FINISHED).exists()
             names = sorted(p.name for p in directory.iterdir() if p.name.isdigit())
+            waiting = 0
             for position, name in enumerate(names):
                 path = directory / name
                 if (state / name).exists():
-                    self._evict_file(path)
+                    if path.stat().st_blocks:
+                        self._evict_file(path)
                     continue
                 length = path.stat().st_size
                 last = position == len(names) - 1
-                if length == self._segment_bytes or (finished and last and length):
+                ends = finished and last and (length or not position)
+                if length == self._segment_bytes or ends:
                     todo.append((key, int(name), length))
+                    waiting += 1
+            if finished and not waiting and names:  # all in the bucket: retire it
+                try:
+                    (state / RETIRED).write_text(str(self._local_size(key)))
+                except FileNotFoundError:
+                    continue  # a segment with neither a marker nor a reason to upload
+                shutil.rmtree(directory, ignore_errors=True)
+                self._drop_markers(key)
         deleting = sorted(p.name for p in (self._state / DELETING).iterdir())
         return todo, deleting
 
     async def close(self) -> None:
         """Stop uploads and deletions; what was not finished is resumed by the next start."""
-        tasks = [*self._uploads.values(), *self._deletes.values()]
+        tasks = [*self._uploads.values(), *self._deletes.values(), *self._retiring.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._uploads.clear()
         self._deletes.clear()
+        self._retiring.clear()
         if self._opened:
             self._opened = False
             await self._objects.close()
 
     async def settled(self) -> None:
         """Return once no upload or deletion is left (tests; a drained shutdown)."""
-        while self._uploads or self._deletes:
-            await asyncio.gather(
-                *self._uploads.values(), *self._deletes.values(), return_exceptions=True
-            )
+        while self._uploads or self._deletes or self._retiring:
+            tasks = [*self._uploads.values(), *self._deletes.values(), *self._retiring.values()]
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- the SegmentStore contract -----------------------------------------------------
 
@@ -183,7 +215,7 @@ class TieredSegmentStore:
     async def read(self, key: str, offset: int, limit: int) -> bytes:
         index, start = divmod(offset, self._segment_bytes)
         slot = (key, index)
-        if slot in self._cached or not self._uploaded(key, index):
+        if slot in self._cached or not (self._uploaded(key, index) or self._retired(key)):
             if slot in self._cached:
                 self._cached.move_to_end(slot)
             self._reading[slot] += 1
@@ -200,7 +232,13 @@ class TieredSegmentStore:
         return await self._read_remote(key, index, start, min(start + limit, self._segment_bytes))
 
     async def size(self, key: str) -> int:
-        return await self._local.size(key)
+        try:
+            return await self._local.size(key)
+        except StreamNotFound:
+            try:
+                return int((self._state / key / RETIRED).read_text())
+            except (FileNotFoundError, ValueError):
+                raise StreamNotFound(key) from None
 
     async def trim(self, key: str, size: int) -> None:
         """Cut at size. The segment cut into is made whole on local disk first
@@ -249,8 +287,10 @@ class TieredSegmentStore:
             log.warning("s3_finish_failed key=%s error=%s", key, exc)
             return
         index, used = divmod(size, self._segment_bytes)
-        if used:
+        if used or not size:  # an empty stream gets an empty object: it exists
             self._schedule(key, index, used)
+        else:
+            self._maybe_retire(key)
 
     async def check(self) -> None:
         try:
@@ -316,7 +356,7 @@ class TieredSegmentStore:
         cap = max(RETRY_FIRST, self._objects.settings.backoff_max_seconds)
         while True:
             try:
-                sums = await anyio.to_thread.run_sync(Path(f"{path}{SUFFIX}").read_bytes)
+                sums = await anyio.to_thread.run_sync(_sidecar, path)
                 await self._objects.put_object_multipart(name, path)
                 await self._objects.put_object_multipart(name + SUFFIX, sums)
                 break
@@ -329,15 +369,62 @@ class TieredSegmentStore:
         state = self._state / key
         state.mkdir(parents=True, exist_ok=True)
         (state / _name(index)).touch()
-        self._cached[(key, index)] = length
-        self._cached_bytes += length
-        self._evict()
+        self._settle((key, index))
+        if length:  # an empty segment has nothing worth caching
+            self._cached[(key, index)] = length
+            self._cached_bytes += length
+            self._evict()
+        self._maybe_retire(key)
         log.debug("s3_uploaded key=%s segment=%d bytes=%d", key, index, length)
 
     # -- the local cache -----------------------------------------------------------------
 
     def _uploaded(self, key: str, index: int) -> bool:
         return os.path.exists(f"{self._state}/{key}/{_name(index)}")
+
+    def _retired(self, key: str) -> bool:
+        return os.path.exists(f"{self._state}/{key}/{RETIRED}")
+
+    def _maybe_retire(self, key: str) -> None:
+        """A finished stream with every segment in the bucket and none left in
+        the cache leaves the local disk, but for the marker that holds its size."""
+        if self._read_only or key in self._retiring or self._busy(key):
+            return
+        if not (self._state / key / FINISHED).exists():
+            return
+        task = asyncio.create_task(self._retire(key))
+        self._retiring[key] = task
+        task.add_done_callback(lambda _: self._retiring.pop(key, None))
+
+    async def _retire(self, key: str) -> None:
+        try:
+            size = await anyio.to_thread.run_sync(self._local_size, key)
+            if self._busy(key):  # a read or an upload began meanwhile
+                return
+            (self._state / key / RETIRED).write_text(str(size))
+        except FileNotFoundError:  # deleted, or not every segment is up
+            return
+        await self._local.delete(key)
+        await anyio.to_thread.run_sync(self._drop_markers, key)
+        log.debug("s3_retired key=%s size=%d", key, size)
+
+    def _busy(self, key: str) -> bool:
+        """Something of key's is still waiting, cached or being read locally."""
+        return any(slot[0] == key for slot in (*self._pending, *self._cached, *self._reading))
+
+    def _local_size(self, key: str) -> int:
+        """The stored size, from the local files, once every one has its marker."""
+        directory = self._root / key
+        names = sorted(p.name for p in directory.iterdir() if p.name.isdigit())
+        if not names or not all((self._state / key / name).exists() for name in names):
+            raise FileNotFoundError(key)
+        return (len(names) - 1) * self._segment_bytes + (directory / names[-1]).stat().st_size
+
+    def _drop_markers(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for path in (self._state / key).iterdir():
+                if path.name.isdigit():
+                    path.unlink(missing_ok=True)
 
     def _evict(self) -> None:
         """Drop the least recently used uploaded segments over cache_bytes, except
@@ -352,6 +439,7 @@ class TieredSegmentStore:
             self._uncache(slot)
             key, index = slot
             self._evict_file(self._root / key / _name(index))
+            self._maybe_retire(key)
 
     def _uncache(self, slot: tuple[str, int]) -> None:
         self._cached_bytes -= self._cached.pop(slot, 0)
@@ -386,6 +474,9 @@ class TieredSegmentStore:
     def _forget(self, key: str) -> list[asyncio.Task[None]]:
         """Drop what this store holds about key; return its cancelled uploads."""
         cancelled = [task for slot, task in self._uploads.items() if slot[0] == key]
+        retiring = self._retiring.pop(key, None)
+        if retiring is not None:
+            retiring.cancel()
         for slot in [s for s in {*self._uploads, *self._pending} if s[0] == key]:
             self._cancel(slot)
         for slot in [s for s in self._cached if s[0] == key]:

@@ -195,10 +195,32 @@ async def test_full_segments_go_to_the_bucket_and_leave_the_disk(
         assert f"{PREFIX}/k/00000002" in bucket_keys(raw, s3_bucket)
         got = raw.get_object(Bucket=s3_bucket, Key=f"{PREFIX}/k/00000002")["Body"].read()
         assert got == data[2 * SEG :]
+        # Finished and all in the bucket: nothing of it is left on local disk but
+        # the marker that holds its size.
+        assert not (tmp_path / "segments" / "k").exists()
+        assert sorted(p.name for p in (tmp_path / "s3" / "k").iterdir()) == ["finished", "retired"]
+        assert await store.size("k") == len(data)
         assert await read_all(store, "k") == data  # ranged GETs
         await store.delete("k")
         await store.settled()
         assert bucket_keys(raw, s3_bucket) == []
+    finally:
+        await store.close()
+
+
+async def test_an_empty_finished_stream_is_an_empty_object(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str, raw: Any
+) -> None:
+    store = tiered(tmp_path, s3_server, s3_bucket)
+    await store.start()
+    try:
+        await store.create("e")
+        await store.finish("e")
+        await store.settled()
+        assert bucket_keys(raw, s3_bucket) == [f"{PREFIX}/e/00000000", f"{PREFIX}/e/00000000.crc"]
+        assert not (tmp_path / "segments" / "e").exists()
+        assert await store.size("e") == 0
+        assert await store.read("e", 0, 10) == b""
     finally:
         await store.close()
 
@@ -258,6 +280,7 @@ async def test_bucket_down_bounds_pending_and_uploads_resume_after_a_restart(
         with pytest.raises(StorageUnavailable, match="max_pending_bytes"):
             await writer.append(b"more")
         await writer.close()
+        await store.finish("k")
         with pytest.raises(StorageUnavailable, match="S3"):
             await store.check()
         assert await read_all(store, "k") == data  # still on local disk
@@ -271,6 +294,8 @@ async def test_bucket_down_bounds_pending_and_uploads_resume_after_a_restart(
             await asyncio.wait_for(store.settled(), 30)
             assert store.pending_bytes == 0
             assert f"{PREFIX}/k/00000001" in bucket_keys(raw, s3_bucket)
+            assert not (tmp_path / "segments" / "k").exists()  # finished: retired
+            assert await store.size("k") == len(data)
             assert await read_all(store, "k") == data
             await store.check()
         finally:

@@ -107,7 +107,8 @@ def test_a_stream_of_several_segments_is_served_from_the_bucket(
         assert posted.json()["sha256"] == sha256_hex(data)
         want = [("00000000", SEG), ("00000001", SEG), ("00000002", SEG), ("00000003", 1234)]
         wait_for(lambda: segments(raw, s3_bucket) == want, "four segment objects")
-        wait_for(lambda: local_bytes(server) < 64 * 1024, "the local files to be evicted")
+        root = server.workdir / "data" / "segments"
+        wait_for(lambda: not [p for p in root.iterdir() if p.is_dir()], "the local files to go")
 
         whole = client.get("/stream/big")
         assert whole.status_code == 200
