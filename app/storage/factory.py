@@ -12,13 +12,12 @@ from app.errors import ConfigError
 from app.storage.base import Hub, MetadataRepo, SegmentStore
 from app.storage.memory_hub import MemoryHub
 from app.storage.metadata import SqlMetadataRepo
-from app.storage.s3_objects import MIN_PART_BYTES, S3ObjectStore, S3Settings
 from app.storage.segments import LocalSegmentStore
 from app.storage.space import DiskSpace
-from app.storage.tiered import TieredSegmentStore
 
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MIN_SEGMENT_BYTES_S3 = 5 * 1024 * 1024  # S3's smallest multipart part
 
 
 def database_driver(settings: Settings) -> str:
@@ -37,32 +36,20 @@ def database_driver(settings: Settings) -> str:
 
 
 def store_scheme(settings: Settings) -> str:
-    if settings.store_url == "file:":
-        return "file"
     scheme = settings.store_url.partition(":")[0].lower()
     if scheme == "s3":
         s3_location(settings)
-        if settings.segment_bytes < MIN_PART_BYTES:
+        if settings.segment_bytes < MIN_SEGMENT_BYTES_S3:
             raise ConfigError(
-                f"config key 'segment_bytes': must be at least {MIN_PART_BYTES} "
+                f"config key 'segment_bytes': must be at least {MIN_SEGMENT_BYTES_S3} "
                 "with store_url s3:// (S3's smallest multipart part)"
             )
-        return scheme
-    raise ConfigError(
-        f"config key 'store_url': unsupported value (scheme {scheme!r}); "
-        "use file: (segment files under data_dir) or s3://BUCKET/PREFIX"
-    )
-
-
-def s3_location(settings: Settings) -> tuple[str, str]:
-    """(bucket, key prefix) of an s3:// store_url; this deployment's keys go
-    under PREFIX/NAMESPACE/ so that deployments can share a bucket."""
-    rest = settings.store_url[len("s3://") :] if settings.store_url.startswith("s3://") else ""
-    bucket, _, prefix = rest.partition("/")
-    if not BUCKET_NAME.match(bucket):
-        raise ConfigError("config key 'store_url': not s3://BUCKET/PREFIX with a valid bucket name")
-    prefix = prefix.strip("/")
-    return bucket, f"{prefix}/{settings.namespace}" if prefix else settings.namespace
+    elif settings.store_url != "file:":
+        raise ConfigError(
+            f"config key 'store_url': unsupported value (scheme {scheme!r}); "
+            "use file: (segment files under data_dir) or s3://BUCKET/PREFIX"
+        )
+    return scheme
 
 
 def tail_scheme(settings: Settings) -> str:
@@ -98,10 +85,32 @@ def build_backends(
     return build_store(settings, read_only=read_only), build_repo(settings), MemoryHub()
 
 
+def build_space(settings: Settings) -> DiskSpace:
+    """The free-space guard of the disk under data_dir (segments and SQLite)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return DiskSpace(settings.data_dir, min_free_bytes=settings.limits.min_free_bytes)
+
+
+def s3_location(settings: Settings) -> tuple[str, str]:
+    """(bucket, key prefix) of an s3:// store_url; this deployment's keys go
+    under PREFIX/NAMESPACE/ so that deployments can share a bucket."""
+    rest = settings.store_url[len("s3://") :] if settings.store_url.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    if not BUCKET_NAME.match(bucket):
+        raise ConfigError("config key 'store_url': not s3://BUCKET/PREFIX with a valid bucket name")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/{settings.namespace}" if prefix else settings.namespace
+
+
 def build_store(settings: Settings, *, read_only: bool = False) -> SegmentStore:
     local = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
-    if store_scheme(settings) == "file":
+    if store_scheme(settings) != "s3":
         return local
+    # Imported here: botocore takes about half a second to import, which only
+    # deployments on S3 should pay.
+    from app.storage.s3_objects import S3ObjectStore, S3Settings
+    from app.storage.tiered import TieredSegmentStore
+
     bucket, prefix = s3_location(settings)
     s3 = settings.s3
     objects = S3ObjectStore(
@@ -130,9 +139,3 @@ def build_store(settings: Settings, *, read_only: bool = False) -> SegmentStore:
         max_pending_bytes=s3.max_pending_bytes,
         read_only=read_only,
     )
-
-
-def build_space(settings: Settings) -> DiskSpace:
-    """The free-space guard of the disk under data_dir (segments and SQLite)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return DiskSpace(settings.data_dir, min_free_bytes=settings.limits.min_free_bytes)
