@@ -123,6 +123,7 @@ class TieredSegmentStore:
         self._sums: OrderedDict[tuple[str, int], Sums] = OrderedDict()
         self._deletes: dict[str, asyncio.Task[None]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
+        self._deferred: set[str] = set()  # retirements waiting for local reads to end
         self._opened = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -229,6 +230,9 @@ class TieredSegmentStore:
                 if not self._reading[slot]:
                     del self._reading[slot]
                     self._evict()
+                    if key in self._deferred:
+                        self._deferred.discard(key)
+                        self._maybe_retire(key)
         return await self._read_remote(key, index, start, min(start + limit, self._segment_bytes))
 
     async def size(self, key: str) -> int:
@@ -388,7 +392,11 @@ class TieredSegmentStore:
     def _maybe_retire(self, key: str) -> None:
         """A finished stream with every segment in the bucket and none left in
         the cache leaves the local disk, but for the marker that holds its size."""
-        if self._read_only or key in self._retiring or self._busy(key):
+        if self._read_only or key in self._retiring:
+            return
+        if self._busy(key):
+            if any(slot[0] == key for slot in self._reading):
+                self._deferred.add(key)  # tried again when those reads end
             return
         if not (self._state / key / FINISHED).exists():
             return
@@ -400,6 +408,8 @@ class TieredSegmentStore:
         try:
             size = await anyio.to_thread.run_sync(self._local_size, key)
             if self._busy(key):  # a read or an upload began meanwhile
+                if any(slot[0] == key for slot in self._reading):
+                    self._deferred.add(key)
                 return
             (self._state / key / RETIRED).write_text(str(size))
         except FileNotFoundError:  # deleted, or not every segment is up
@@ -477,6 +487,7 @@ class TieredSegmentStore:
         retiring = self._retiring.pop(key, None)
         if retiring is not None:
             retiring.cancel()
+        self._deferred.discard(key)
         for slot in [s for s in {*self._uploads, *self._pending} if s[0] == key]:
             self._cancel(slot)
         for slot in [s for s in self._cached if s[0] == key]:
