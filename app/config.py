@@ -51,6 +51,28 @@ class Retention(_Strict):
     complete_after: float | None = Field(None, gt=0)
 
 
+MiB = 1024 * 1024
+
+
+class S3(_Strict):
+    """SPEC §12.1. Unset endpoint, region and credentials fall back to the
+    standard AWS_* variables."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = Field(None, repr=False)
+    part_bytes: int = Field(8 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
+    max_concurrency: int = Field(4, ge=1)
+    retries: int = Field(8, ge=0)
+    # Bytes of full segments waiting for their upload before producers get 503.
+    max_pending_bytes: int = Field(1024 * MiB, gt=0)
+    # Seconds one request may take to connect, and to answer.
+    timeout: float = Field(30, gt=0)
+    # Longest pause between two attempts (exponential backoff with jitter up to it).
+    max_backoff: float = Field(10, gt=0)
+
+
 class TokenSpec(_Strict):
     token: str = Field(min_length=1)
     scopes: tuple[Scope, ...] = ALL_SCOPES
@@ -77,6 +99,9 @@ class Settings(_Strict):
     limits: Limits = Limits()
     http: Http = Http()
     retention: Retention = Retention()
+    s3: S3 = S3()
+    # Local read cache of segments already in the bucket (store_url s3://).
+    cache_bytes: int = Field(1024 * MiB, ge=0)
 
     @property
     def resolved_database_url(self) -> str:

@@ -21,7 +21,8 @@ PAGE = 500
 async def verify(config: str | None, ids: list[str]) -> int:
     """Print one line per bad stream; return how many are bad."""
     settings = load_settings(config)
-    store, repo, hub = build_backends(settings)
+    store, repo, hub = build_backends(settings, read_only=True)
+    await store.start()
     await repo.start()
     checked = bad = 0
     try:
@@ -40,6 +41,7 @@ async def verify(config: str | None, ids: list[str]) -> int:
     finally:
         await repo.close()
         await hub.close()
+        await store.close()
     print(f"weft verify: {checked} streams checked, {bad} bad", file=sys.stderr)
     return bad
 

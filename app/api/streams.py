@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -29,10 +31,12 @@ from app.api.openapi import (
 from app.api.produce import content_length, flag, pump
 from app.api.protocol import CUT_EXTENSION
 from app.api.ranges import parse_range
-from app.errors import BodyCut, InvalidInput
+from app.errors import BodyCut, InvalidInput, NotReady
 from app.streams.models import StreamInfo, StreamState, parse_count, rfc3339
 
 router = APIRouter(tags=["streams"])
+log = logging.getLogger("weft.api")
+T = TypeVar("T")
 
 
 def stream_headers(info: StreamInfo) -> dict[str, str]:
@@ -76,10 +80,36 @@ class StreamBody(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         try:
             await super().stream_response(send)
-        except BodyCut:
+        except (BodyCut, NotReady) as exc:  # NotReady: the bucket went away mid-body
+            if isinstance(exc, NotReady):
+                log.warning("read_cut error=%s", exc.message)
             if self._cut is None:
                 raise  # another server: it closes the connection on an exception
             self._cut()
+
+
+async def prefetched(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+    """chunks, with the first one read now, before any header is sent: a store
+    that cannot be read (the bucket is down) is then a 503 with a JSON body
+    instead of a response cut after its headers."""
+    first: T | None = None
+    cut: BodyCut | None = None
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        pass
+    except BodyCut as exc:  # a bad first block: cut after the headers, as any other
+        cut = exc
+
+    async def body() -> AsyncIterator[T]:
+        if cut is not None:
+            raise cut
+        if first is not None:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+    return body()
 
 
 @router.head(
@@ -143,9 +173,10 @@ async def get_stream(
             reader.start, reader.end = span
             status = 206
             headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{info.size}"
-    if reader.end is not None:
-        headers["Content-Length"] = str(reader.end - reader.start)
-    return StreamBody(reader, status_code=status, headers=headers)
+    if reader.end is None:
+        return StreamBody(reader, status_code=status, headers=headers)
+    headers["Content-Length"] = str(reader.end - reader.start)
+    return StreamBody(await prefetched(aiter(reader)), status_code=status, headers=headers)
 
 
 @router.patch(

@@ -31,6 +31,15 @@ class SegmentWriter(Protocol):
 class SegmentStore(Protocol):
     """Append-only bytes per storage key, split into segments of a fixed size."""
 
+    async def start(self) -> None:
+        """Connect, and resume work left from before (uploads of a tiered store)."""
+
+    async def close(self) -> None:
+        """Stop background work; what is unfinished resumes at the next start."""
+
+    async def finish(self, key: str) -> None:
+        """The stream will get no more bytes (complete or abandoned). Never raises."""
+
     async def create(self, key: str) -> None:
         """Create an empty stream; an existing one under key is emptied."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -15,6 +17,8 @@ from app.storage.segments import LocalSegmentStore
 from app.storage.space import DiskSpace
 
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MIN_SEGMENT_BYTES_S3 = 5 * 1024 * 1024  # S3's smallest multipart part
 
 
 def database_driver(settings: Settings) -> str:
@@ -34,11 +38,17 @@ def database_driver(settings: Settings) -> str:
 
 def store_scheme(settings: Settings) -> str:
     scheme = settings.store_url.partition(":")[0].lower()
-    # s3:// (SPEC §12.1) goes here: a TieredSegmentStore once it exists.
-    if settings.store_url != "file:":
+    if scheme == "s3":
+        s3_location(settings)
+        if settings.segment_bytes < MIN_SEGMENT_BYTES_S3:
+            raise ConfigError(
+                f"config key 'segment_bytes': must be at least {MIN_SEGMENT_BYTES_S3} "
+                "with store_url s3:// (S3's smallest multipart part)"
+            )
+    elif settings.store_url != "file:":
         raise ConfigError(
             f"config key 'store_url': unsupported value (scheme {scheme!r}); "
-            "only file: (segment files under data_dir) is available"
+            "use file: (segment files under data_dir) or s3://BUCKET/PREFIX"
         )
     return scheme
 
@@ -76,11 +86,14 @@ def build_repo(settings: Settings) -> SqlMetadataRepo:
     return SqlMetadataRepo(settings.resolved_database_url, namespace=settings.namespace)
 
 
-def build_backends(settings: Settings) -> tuple[SegmentStore, MetadataRepo, Hub]:
+def build_backends(
+    settings: Settings, *, read_only: bool = False
+) -> tuple[SegmentStore, MetadataRepo, Hub]:
+    """read_only: for tools beside a running server (weft verify), whose store
+    must leave uploads and the read cache to the server."""
     check_urls(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
-    return store, build_repo(settings), build_hub(settings)
+    return build_store(settings, read_only=read_only), build_repo(settings), build_hub(settings)
 
 
 def build_hub(settings: Settings) -> Hub:
@@ -94,3 +107,53 @@ def build_space(settings: Settings) -> DiskSpace:
     """The free-space guard of the disk under data_dir (segments and SQLite)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return DiskSpace(settings.data_dir, min_free_bytes=settings.limits.min_free_bytes)
+
+
+def s3_location(settings: Settings) -> tuple[str, str]:
+    """(bucket, key prefix) of an s3:// store_url; this deployment's keys go
+    under PREFIX/NAMESPACE/ so that deployments can share a bucket."""
+    rest = settings.store_url[len("s3://") :] if settings.store_url.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    if not BUCKET_NAME.match(bucket):
+        raise ConfigError("config key 'store_url': not s3://BUCKET/PREFIX with a valid bucket name")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/{settings.namespace}" if prefix else settings.namespace
+
+
+def build_store(settings: Settings, *, read_only: bool = False) -> SegmentStore:
+    local = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
+    if store_scheme(settings) != "s3":
+        return local
+    # Imported here: botocore takes about half a second to import, which only
+    # deployments on S3 should pay.
+    from app.storage.s3_objects import S3ObjectStore, S3Settings
+    from app.storage.tiered import TieredSegmentStore
+
+    bucket, prefix = s3_location(settings)
+    s3 = settings.s3
+    objects = S3ObjectStore(
+        bucket,
+        S3Settings(
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+            part_bytes=s3.part_bytes,
+            max_concurrency=s3.max_concurrency,
+            retries=s3.retries,
+            timeout_seconds=s3.timeout,
+            backoff_max_seconds=s3.max_backoff,
+            backoff_base_seconds=min(0.1, s3.max_backoff),
+        ),
+        prefix,
+    )
+    return TieredSegmentStore(
+        local,
+        objects,
+        local_root=settings.data_dir / "segments",
+        state_root=settings.data_dir / "s3",
+        segment_bytes=settings.segment_bytes,
+        cache_bytes=settings.cache_bytes,
+        max_pending_bytes=s3.max_pending_bytes,
+        read_only=read_only,
+    )

@@ -392,6 +392,15 @@ class LocalSegmentStore:
         self._forget(key)
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._dir(key), ignore_errors=True))
 
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def finish(self, key: str) -> None:
+        return None  # every byte is where it stays
+
     async def check(self) -> None:
         probe = self._root / ".ready"
         try:

@@ -127,6 +127,7 @@ class StreamService:
 
     async def start(self) -> None:
         self.space.refresh()
+        await self.store.start()
         await self.repo.start()
         await self.events.start(self.hub)
         try:
@@ -160,6 +161,7 @@ class StreamService:
         for task in list(self._tasks):
             task.cancel()
         await self.hub.close()
+        await self.store.close()
         await self.repo.close()
 
     async def recover(self) -> None:
@@ -380,6 +382,7 @@ class StreamService:
                 live.abandon_timer.cancel()
                 live.abandon_timer = None
             await self._close_writer(live, sync=False)
+            await self.store.finish(info.key)
             if self._live.get(info.id) is live:
                 del self._live[info.id]
             kind = EventKind.COMPLETED if state is StreamState.COMPLETE else EventKind.ABANDONED

@@ -13,7 +13,7 @@ from tests.e2e.test_config import run_app, write_config
     ("key", "value"),
     [
         ("database_url", "mysql+aiomysql://weft:hunter2@127.0.0.1/weft"),
-        ("store_url", "s3://bucket/prefix"),
+        ("store_url", "gs://bucket/prefix"),
         ("namespace", "Not-A-Schema"),
     ],
 )

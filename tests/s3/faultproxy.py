@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -17,6 +18,7 @@ SLOWDOWN = (
 class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
+        self.down = False  # drop every connection unanswered (the bucket is unreachable)
         self.fail_next = 0  # answer 503 SlowDown to this many requests
         self.delay_next = 0  # hold this many requests for delay_seconds, then drop them
         self.delay_seconds = 0.0
@@ -57,6 +59,10 @@ class FaultProxy:
             return
         lines = head.decode("latin-1").split("\r\n")
         self.requests.append(" ".join(lines[0].split(" ")[:2]))
+        if self.down:
+            self.faults += 1
+            writer.close()
+            return
         headers = {}
         for line in lines[1:]:
             if ":" in line:
@@ -151,3 +157,21 @@ class FaultProxy:
             up_writer.close()
             with contextlib.suppress(ConnectionError):
                 await up_writer.wait_closed()
+
+
+class ProxyThread:
+    """A FaultProxy on an event loop of its own thread, for tests that drive a
+    server process with blocking clients. Set its flags (``proxy.down``) directly."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        started = asyncio.run_coroutine_threadsafe(FaultProxy(upstream_port).start(), self._loop)
+        self.proxy = started.result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

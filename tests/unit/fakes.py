@@ -75,6 +75,15 @@ class MemorySegmentStore:
     async def delete(self, key: str) -> None:
         self.blobs.pop(key, None)
 
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def finish(self, key: str) -> None:
+        return None
+
     async def check(self) -> None:
         return None
 

@@ -44,7 +44,6 @@ def test_supported_database_urls_pass(url: str) -> None:
         ({"database_url": "postgresql://u:secret@h/db"}, "database_url"),
         ({"database_url": "sqlite:///x.db"}, "database_url"),
         ({"database_url": "::nonsense::"}, "database_url"),
-        ({"store_url": "s3://bucket/prefix"}, "store_url"),
         ({"store_url": "ftp://h/x"}, "store_url"),
         ({"tail_url": "redis://u:secret@127.0.0.1:6379"}, "tail_url"),
         ({"tail_url": "nats://127.0.0.1:4222,redis://h"}, "tail_url"),
@@ -93,3 +92,44 @@ def test_bad_namespace_is_a_config_error_naming_the_key(name: str) -> None:
 @pytest.mark.parametrize("name", ["weft", "_x", "ci_run_42", "a" * 48])
 def test_good_namespaces_pass(name: str) -> None:
     assert settings(namespace=name).namespace == name
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"store_url": "gs://bucket/prefix"}, "store_url"),
+        ({"store_url": "s3://"}, "store_url"),
+        ({"store_url": "s3://Bad_Bucket/x"}, "store_url"),
+        ({"store_url": "s3://bucket/x", "segment_bytes": 4 * 1024 * 1024}, "segment_bytes"),
+    ],
+)
+def test_bad_store_urls_are_a_config_error_naming_the_key(values: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_urls(settings(**values))
+    assert f"'{key}'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "namespace", "location"),
+    [
+        ("s3://bucket/prefix", "weft", ("bucket", "prefix/weft")),
+        ("s3://bucket/a/b/", "ns1", ("bucket", "a/b/ns1")),
+        ("s3://bucket", "weft", ("bucket", "weft")),
+        ("s3://my.bucket-1/", "weft", ("my.bucket-1", "weft")),
+    ],
+)
+def test_s3_store_urls_put_keys_under_prefix_and_namespace(
+    url: str, namespace: str, location: tuple[str, str]
+) -> None:
+    from app.storage.factory import s3_location
+
+    values = settings(store_url=url, namespace=namespace, segment_bytes=5 * 1024 * 1024)
+    check_urls(values)
+    assert s3_location(values) == location
+
+
+def test_s3_settings_have_the_spec_defaults() -> None:
+    s3 = Settings().s3
+    assert (s3.part_bytes, s3.retries, s3.max_pending_bytes) == (8 << 20, 8, 1 << 30)
+    assert Settings().cache_bytes == 1 << 30
+    assert "hunter2" not in repr(settings(s3={"secret_access_key": "hunter2"}))
