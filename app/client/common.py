@@ -99,6 +99,7 @@ class HeadInfo:
     offset: int
     state: str
     sha256: str | None
+    created: str | None = None  # X-Stream-Created: which incarnation of the id this is
 
     def result(self, stream_id: str) -> StreamResult:
         return StreamResult(stream_id, self.offset, self.sha256, self.state)
@@ -128,7 +129,12 @@ def parse_head(response: httpx.Response) -> HeadInfo:
     if not raw_offset.isdigit():
         raise Retryable("the server's HEAD answer has no Upload-Offset")
     etag = response.headers.get("etag", "").strip('"') or None
-    return HeadInfo(int(raw_offset), response.headers.get("x-stream-state", "live"), etag)
+    return HeadInfo(
+        int(raw_offset),
+        response.headers.get("x-stream-state", "live"),
+        etag,
+        response.headers.get("x-stream-created") or None,
+    )
 
 
 def head(http: httpx.Client, endpoint: Endpoint, stream_id: str) -> HeadInfo:
