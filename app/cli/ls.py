@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        with httpx.Client(base_url=endpoint.origin, timeout=30) as http:
+        with httpx.Client(base_url=endpoint.origin, timeout=30, verify=endpoint.verify) as http:
             streams = fetch(http, endpoint, params, args.limit)
     except Refused as exc:
         print(f"weft ls: {exc}", file=sys.stderr)

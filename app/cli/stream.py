@@ -128,7 +128,7 @@ def resume_offset(args: argparse.Namespace, token: str | None, backoff: Backoff)
     """HEAD the stream to resume, retrying a server that does not answer (yet)."""
     endpoint = Endpoint(args.url, token)
     failures = 0
-    with httpx.Client(base_url=endpoint.origin, timeout=30) as http:
+    with httpx.Client(base_url=endpoint.origin, timeout=30, verify=endpoint.verify) as http:
         while True:
             try:
                 return head(http, endpoint, args.id)

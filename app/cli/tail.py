@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = sys.stdout.buffer
     try:
-        with httpx.Client(base_url=endpoint.origin, timeout=30) as http:
+        with httpx.Client(base_url=endpoint.origin, timeout=30, verify=endpoint.verify) as http:
             if args.from_start:
                 offset = 0
             elif args.offset is not None:

@@ -38,7 +38,7 @@ def acknowledge_while_sending(
     def stopped() -> bool:
         return finished() or buffer.cancelled()
 
-    with httpx.Client(base_url=endpoint.origin, timeout=timeout) as http:
+    with httpx.Client(base_url=endpoint.origin, timeout=timeout, verify=endpoint.verify) as http:
         while True:
             with buffer.cond:
                 buffer.cond.wait_for(

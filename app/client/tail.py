@@ -110,7 +110,9 @@ def tail(
     retries = _Retries(backoff or Backoff())
     incarnation = _Incarnation()
     path = endpoint.path(stream_id)
-    with httpx.Client(base_url=endpoint.origin, timeout=_timeout(timeout)) as http:
+    with httpx.Client(
+        base_url=endpoint.origin, timeout=_timeout(timeout), verify=endpoint.verify
+    ) as http:
         while True:
             started, got = time.monotonic(), offset
             try:
@@ -146,7 +148,9 @@ async def atail(
     retries = _Retries(backoff or Backoff())
     incarnation = _Incarnation()
     path = endpoint.path(stream_id)
-    async with httpx.AsyncClient(base_url=endpoint.origin, timeout=_timeout(timeout)) as http:
+    async with httpx.AsyncClient(
+        base_url=endpoint.origin, timeout=_timeout(timeout), verify=endpoint.verify
+    ) as http:
         while True:
             started, got = time.monotonic(), offset
             try:

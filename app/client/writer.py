@@ -257,7 +257,9 @@ class StreamWriter:
         result: StreamResult | None = None
         error: BaseException | None = None
         try:
-            with httpx.Client(base_url=self.endpoint.origin, timeout=self._timeout) as http:
+            with httpx.Client(
+                base_url=self.endpoint.origin, timeout=self._timeout, verify=self.endpoint.verify
+            ) as http:
                 try:
                     result = self._drive(http)
                 except ClientError as exc:
