@@ -1,6 +1,7 @@
 """``python -m app [--config PATH] [--host HOST] [--port PORT]`` (also the ``weft``
 command); ``python -m app verify [--config PATH] [ID...]`` (app/verify.py);
-``python -m app migrate [--config PATH]`` applies pending schema migrations and exits."""
+``python -m app migrate [--config PATH]`` applies pending schema migrations and exits;
+``python -m app tail URL ID`` and ``python -m app ls URL`` read a server (app/cli/)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         return verify.main(argv[1:])
     if argv[:1] == ["migrate"]:
         return migrate(argv[1:])
+    if argv[:1] == ["tail"]:
+        from app.cli import tail
+
+        return tail.main(argv[1:])
+    if argv[:1] == ["ls"]:
+        from app.cli import ls
+
+        return ls.main(argv[1:])
     parser = argparse.ArgumentParser(prog="weft", description="Weft live stream server")
     parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
     parser.add_argument("--host", help="address to listen on (overrides the config)")

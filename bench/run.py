@@ -4,7 +4,7 @@
     .venv/bin/python -m bench --quick    # smoke check, under a minute, no targets enforced
     .venv/bin/python bench/run.py --only latency,breadth --runs 5 --out /tmp/results
 
-Scenarios (issue 5): ingest, replay, latency, breadth, memory, pipe. See
+Scenarios (issue 5): ingest, replay, latency, breadth, memory, pipe; (issue 12) cli. See
 bench/README.md for what each measures, against what, and the targets. Prints a
 table (scenario, metric, Weft, reference(s), ratio, target, met/missed) and
 writes everything to bench/out/bench-YYYYmmdd-HHMMSS.json. Exit status: 0 when
@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: bench/run.py; import bench.* instead
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import latency, memory, pipe, throughput
+from bench import cli, latency, memory, pipe, throughput
 from bench.context import Context
 from bench.procs import (
     OUT_DIR,
@@ -47,7 +47,7 @@ from bench.procs import (
 )
 from bench.report import Row, ScenarioResult, render_table
 
-SCENARIOS = ("ingest", "replay", "latency", "breadth", "memory", "pipe")
+SCENARIOS = ("ingest", "replay", "latency", "breadth", "memory", "pipe", "cli")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,6 +117,8 @@ def run_scenarios(ctx: Context, chosen: list[str]) -> list[ScenarioResult]:
         steps.append(("memory", lambda: [memory.run(ctx)]))
     if "pipe" in chosen:
         steps.append(("pipe", lambda: [pipe.run(ctx)]))
+    if "cli" in chosen:
+        steps.append(("cli", lambda: [cli.run(ctx)]))
     results: list[ScenarioResult] = []
     for name, step in steps:
         print(f"\n== {name}", flush=True)

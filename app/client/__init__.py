@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from app.client.aio import AsyncStreamWriter
 from app.client.common import Backoff, StreamResult
-from app.client.errors import ClientError, RetriesExhausted, StreamRefused
+from app.client.errors import (
+    ClientError,
+    RetriesExhausted,
+    StreamDeleted,
+    StreamGone,
+    StreamRefused,
+    StreamReplaced,
+)
 from app.client.tail import atail, tail
 from app.client.writer import StreamWriter
 
@@ -19,7 +26,10 @@ __all__ = [
     "Backoff",
     "ClientError",
     "RetriesExhausted",
+    "StreamDeleted",
+    "StreamGone",
     "StreamRefused",
+    "StreamReplaced",
     "StreamResult",
     "StreamWriter",
     "atail",

@@ -3,7 +3,9 @@
 A POST (or PATCH) that streams for hours reports the stored size only when it
 ends, but the buffer may drop a byte only once the server has reported it
 stored. So whenever the buffer is half full of sent, unacknowledged bytes, this
-thread asks ``HEAD`` for ``Upload-Offset`` on its own connection.
+thread asks ``HEAD`` for ``Upload-Offset`` on its own connection. It also asks
+once right after the stream is created, so the writer learns which incarnation
+of the id is its own (``X-Stream-Created``) and can tell a replace from a delete.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 import httpx
 
 from app.client.buffer import SendBuffer
-from app.client.common import Endpoint, head
+from app.client.common import Endpoint, HeadInfo, head
 from app.client.errors import ClientError, Retryable
 
 POLL_MIN, POLL_MAX = 0.01, 0.5
@@ -26,28 +28,39 @@ def acknowledge_while_sending(
     stream_id: Callable[[], str | None],
     finished: Callable[[], bool],
     timeout: float,
+    needs_identity: Callable[[], bool] = lambda: False,
+    on_head: Callable[[HeadInfo], None] = lambda _info: None,
 ) -> None:
     """Run until ``finished()`` or the buffer is cancelled. ``stream_id()`` is None
-    until the server created the stream; both are read under ``buffer.cond``."""
+    until the server created the stream; the callables are called under ``buffer.cond``."""
     poll = POLL_MIN
 
     def stopped() -> bool:
         return finished() or buffer.cancelled()
 
-    with httpx.Client(base_url=endpoint.origin, timeout=timeout) as http:
+    with httpx.Client(base_url=endpoint.origin, timeout=timeout, verify=endpoint.verify) as http:
         while True:
             with buffer.cond:
                 buffer.cond.wait_for(
-                    lambda: stopped() or (stream_id() is not None and buffer.half_full_unacked)
+                    lambda: (
+                        stopped()
+                        or (
+                            stream_id() is not None
+                            and (buffer.half_full_unacked or needs_identity())
+                        )
+                    )
                 )
                 current = stream_id()
                 if stopped() or current is None:
                     return
             try:
-                offset: int | None = head(http, endpoint, current).offset
+                info: HeadInfo | None = head(http, endpoint, current)
             except (ClientError, Retryable):
-                offset = None  # the sender deals with a stream or server that is gone
+                info = None  # the sender deals with a stream or server that is gone
+            offset = None if info is None else info.offset
             with buffer.cond:
+                if info is not None:
+                    on_head(info)
                 if offset is not None and buffer.acknowledge(offset):
                     poll = POLL_MIN
                     continue

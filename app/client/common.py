@@ -78,6 +78,14 @@ class Endpoint:
     def host_header(self) -> str:
         return urlsplit(self.url).netloc.rpartition("@")[2]
 
+    @property
+    def verify(self) -> bool:
+        """httpx's ``verify`` for this endpoint. Building the default TLS context
+        (certifi's bundle) costs ~80 ms per client, a third of a short run's
+        start-up; a plain-http endpoint never negotiates TLS (no redirects are
+        followed), so it skips that."""
+        return self.tls
+
     def path(self, stream_id: str | None = None) -> str:
         """``/stream`` or ``/stream/{id}`` under the base URL's own path prefix."""
         prefix = urlsplit(self.url).path.rstrip("/")
@@ -99,6 +107,7 @@ class HeadInfo:
     offset: int
     state: str
     sha256: str | None
+    created: str | None = None  # X-Stream-Created: which incarnation of the id this is
 
     def result(self, stream_id: str) -> StreamResult:
         return StreamResult(stream_id, self.offset, self.sha256, self.state)
@@ -128,7 +137,12 @@ def parse_head(response: httpx.Response) -> HeadInfo:
     if not raw_offset.isdigit():
         raise Retryable("the server's HEAD answer has no Upload-Offset")
     etag = response.headers.get("etag", "").strip('"') or None
-    return HeadInfo(int(raw_offset), response.headers.get("x-stream-state", "live"), etag)
+    return HeadInfo(
+        int(raw_offset),
+        response.headers.get("x-stream-state", "live"),
+        etag,
+        response.headers.get("x-stream-created") or None,
+    )
 
 
 def head(http: httpx.Client, endpoint: Endpoint, stream_id: str) -> HeadInfo:

@@ -20,6 +20,18 @@ class StreamRefused(ClientError):
         super().__init__(f"{message} (HTTP {status})")
 
 
+class StreamGone(ClientError):
+    """The stream this writer created is no longer its own: deleted or replaced."""
+
+
+class StreamReplaced(StreamGone):
+    """Another producer replaced the stream (``force``) while this one wrote it."""
+
+
+class StreamDeleted(StreamGone):
+    """The stream was deleted while this producer wrote it."""
+
+
 class RetriesExhausted(ClientError):
     """The connection kept failing until the backoff's retries were spent."""
 

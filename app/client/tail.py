@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
@@ -63,6 +63,12 @@ class _Incarnation:
             raise StreamRefused(409, "The stream was replaced while it was being read.")
 
 
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, httpx.TransportError):
+        return f"connection lost: {exc or type(exc).__name__}"
+    return str(exc)
+
+
 def _ended(info: HeadInfo, offset: int) -> bool:
     """After a clean end of a chunked response: is the stream really over?"""
     if info.state == "live":
@@ -93,16 +99,20 @@ def tail(
     token: str | None = None,
     backoff: Backoff | None = None,
     timeout: float = 10.0,
+    on_retry: Callable[[int, float, str], None] | None = None,
 ) -> Iterator[bytes]:
     """Yield the stream's bytes from ``offset`` until it is finished.
 
     Raises StreamRefused (404, 401, 403, 416 ...) at once and RetriesExhausted
-    when the server stays unreachable."""
+    when the server stays unreachable. ``on_retry(attempt, delay, reason)`` is
+    called before each reconnection's pause."""
     endpoint = Endpoint(url, token)
     retries = _Retries(backoff or Backoff())
     incarnation = _Incarnation()
     path = endpoint.path(stream_id)
-    with httpx.Client(base_url=endpoint.origin, timeout=_timeout(timeout)) as http:
+    with httpx.Client(
+        base_url=endpoint.origin, timeout=_timeout(timeout), verify=endpoint.verify
+    ) as http:
         while True:
             started, got = time.monotonic(), offset
             try:
@@ -118,7 +128,10 @@ def tail(
                     return
             except (httpx.TransportError, Retryable) as exc:
                 progressed = offset > got or time.monotonic() - started >= LONG_CONNECTION
-                time.sleep(retries.next_delay(exc, progressed=progressed))
+                delay = retries.next_delay(exc, progressed=progressed)
+                if on_retry is not None:
+                    on_retry(retries.failures, delay, _reason(exc))
+                time.sleep(delay)
 
 
 async def atail(
@@ -135,7 +148,9 @@ async def atail(
     retries = _Retries(backoff or Backoff())
     incarnation = _Incarnation()
     path = endpoint.path(stream_id)
-    async with httpx.AsyncClient(base_url=endpoint.origin, timeout=_timeout(timeout)) as http:
+    async with httpx.AsyncClient(
+        base_url=endpoint.origin, timeout=_timeout(timeout), verify=endpoint.verify
+    ) as http:
         while True:
             started, got = time.monotonic(), offset
             try:

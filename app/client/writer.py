@@ -28,12 +28,15 @@ import httpx
 
 from app.client.acker import acknowledge_while_sending
 from app.client.buffer import SendBuffer
-from app.client.common import Backoff, Endpoint, StreamResult, encode_metadata, head
+from app.client.common import Backoff, Endpoint, HeadInfo, StreamResult, encode_metadata, head
 from app.client.errors import (
     ClientError,
     RetriesExhausted,
     Retryable,
+    StreamDeleted,
+    StreamGone,
     StreamRefused,
+    StreamReplaced,
     is_retryable_status,
     server_message,
 )
@@ -52,6 +55,9 @@ class StreamWriter:
 
     ``with StreamWriter(url, "build-7") as w: w.write(b"...")`` completes the
     stream on a clean exit and leaves it live (resumable) on an exception.
+
+    ``resume_from=N`` continues an existing live stream that holds N bytes: the
+    first byte written is byte N of the stream (sent with ``PATCH``).
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class StreamWriter:
         timeout: float = 60.0,
         on_created: Callable[[str], None] | None = None,
         on_retry: Callable[[int, float, str], None] | None = None,
+        resume_from: int | None = None,
     ) -> None:
         self.endpoint = Endpoint(url, token)
         self.backoff = backoff or Backoff()
@@ -78,6 +85,13 @@ class StreamWriter:
         self._cond = self._buffer.cond  # one lock for the buffer and the state below
         self._id = stream_id
         self._started = self._created = self._done = False
+        self._incarnation: str | None = None  # X-Stream-Created of our stream, once known
+        self.retries = 0  # retries so far, for a progress display
+        if resume_from is not None:
+            if stream_id is None or resume_from < 0:
+                raise ValueError("resuming needs the stream's id and its size")
+            self._created = True
+            self._buffer.base = self._buffer.sent = self._buffer.high = resume_from
         self._result: StreamResult | None = None
         self._error: BaseException | None = None
         self._threads = [
@@ -105,6 +119,12 @@ class StreamWriter:
     def created(self) -> bool:
         """Whether the server has answered 201: the stream exists and is ours to resume."""
         return self._created
+
+    @property
+    def acknowledged(self) -> int:
+        """Bytes the server has reported stored."""
+        with self._cond:
+            return self._buffer.base
 
     @property
     def size(self) -> int:
@@ -201,7 +221,35 @@ class StreamWriter:
             stream_id=lambda: self._id if self._created else None,
             finished=lambda: self._done,
             timeout=self._timeout,
+            needs_identity=lambda: self._incarnation is None,
+            on_head=self._identify,
         )
+
+    def _identify(self, info: HeadInfo) -> None:
+        """Remember which incarnation of the id is ours (caller holds the lock)."""
+        if self._incarnation is None:
+            self._incarnation = info.created
+
+    def _head(self, http: httpx.Client) -> HeadInfo:
+        """HEAD our stream; raise StreamDeleted or StreamReplaced if it is not ours any more."""
+        assert self._id is not None
+        try:
+            info = head(http, self.endpoint, self._id)
+        except StreamRefused as exc:
+            if exc.status == 404:
+                raise StreamDeleted(
+                    f"The stream {self._id} was deleted while it was being written."
+                ) from exc
+            raise
+        with self._cond:
+            self._identify(info)
+            known = self._incarnation
+        if known is not None and info.created is not None and info.created != known:
+            raise StreamReplaced(
+                f"The stream {self._id} was replaced by another producer; "
+                "this producer's bytes no longer go anywhere."
+            )
+        return info
 
     # -- the sender thread ------------------------------------------------------
 
@@ -209,8 +257,13 @@ class StreamWriter:
         result: StreamResult | None = None
         error: BaseException | None = None
         try:
-            with httpx.Client(base_url=self.endpoint.origin, timeout=self._timeout) as http:
-                result = self._drive(http)
+            with httpx.Client(
+                base_url=self.endpoint.origin, timeout=self._timeout, verify=self.endpoint.verify
+            ) as http:
+                try:
+                    result = self._drive(http)
+                except ClientError as exc:
+                    raise self._explain(http, exc) from exc
         except Cancelled:
             error = ClientError("The stream writer was aborted; the stream stays live.")
         except BaseException as exc:  # handed to the producer's thread by wait()
@@ -238,6 +291,7 @@ class StreamWriter:
                     ) from exc
                 delay = self.backoff.delay(failures)
                 failures += 1
+                self.retries += 1
                 log.info("stream_retry attempt=%d delay=%.3f reason=%s", failures, delay, exc)
                 if self._on_retry is not None:
                     self._on_retry(failures, delay, str(exc))
@@ -298,7 +352,7 @@ class StreamWriter:
 
     def _resume(self, http: httpx.Client) -> StreamResult | None:
         assert self._id is not None
-        info = head(http, self.endpoint, self._id)
+        info = self._head(http)
         buffer = self._buffer
         with self._cond:
             total, final = buffer.total, buffer.eof
@@ -328,10 +382,31 @@ class StreamWriter:
                 buffer.acknowledge(int(offset))
         if not final:
             return None
-        done = head(http, self.endpoint, self._id)
+        done = self._head(http)
         if done.state != "complete":
             raise Retryable(f"the stream is still {done.state} after its final PATCH")
         return self._finished(done.result(self._id))
+
+    def _explain(self, http: httpx.Client, exc: ClientError) -> ClientError:
+        """A failure of a stream we created may be a delete or a replace in
+        disguise (the server then says only "does not exist" or "not live"): ask."""
+        if isinstance(exc, StreamGone | RetriesExhausted) or not self._created:
+            return exc
+        if isinstance(exc, StreamRefused) and exc.status in (401, 403):
+            return exc
+        try:
+            self._head(http)
+        except StreamGone as gone:
+            return gone
+        except (ClientError, Retryable):
+            return exc
+        if "does not exist" in str(exc):
+            # The server no longer knows our stream, yet the id answers: a new one has it.
+            return StreamReplaced(
+                f"The stream {self._id} was replaced by another producer; "
+                "this producer's bytes no longer go anywhere."
+            )
+        return exc
 
     def _failure(self, response: ResponseParser, *, taken_is_final: bool) -> Exception:
         """409 on a POST is "id taken" (final); on a PATCH it is another producer

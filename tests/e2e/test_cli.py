@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pty
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -31,26 +33,63 @@ DEADLINE = 15.0
 class Cli:
     """A running ``bin/stream`` with its stderr collected line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, tty: bool = False) -> None:
         environ = {k: v for k, v in os.environ.items() if k != "WEFT_TOKEN"}
         environ.update(env or {})
+        # tty: stderr is a pseudo-terminal, as for a person at a terminal.
+        master, slave = pty.openpty() if tty else (-1, -1)
         self.proc = subprocess.Popen(
             [sys.executable, str(BIN), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=slave if tty else subprocess.PIPE,
             env=environ,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
         self.stdout = b""
-        assert self.proc.stderr is not None and self.proc.stdout is not None
+        self.terminal = bytearray()  # everything written to the pseudo-terminal
+        assert self.proc.stdout is not None
+        if tty:
+            os.close(slave)
+            reader = threading.Thread(target=self._read_terminal, args=(master,), daemon=True)
+        else:
+            assert self.proc.stderr is not None
+            reader = threading.Thread(
+                target=self._read_stderr, args=(self.proc.stderr,), daemon=True
+            )
         self._threads = [
-            threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True),
+            reader,
             threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), daemon=True),
         ]
         for thread in self._threads:
             thread.start()
+
+    def _read_terminal(self, master: int) -> None:
+        try:
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: the child closed its end
+                    return
+                if not data:
+                    return
+                self.terminal += data
+                *complete, rest = self.terminal.split(b"\n")
+                self.stderr = [line.decode() + "\n" for line in complete] + [rest.decode()]
+                self._feed_lines(complete)
+        finally:
+            os.close(master)
+
+    _taken = 0
+
+    def _feed_lines(self, complete: list[bytes]) -> None:
+        # Terminal lines carry the status line's \r redraws: a line is what
+        # its last redraw left on screen.
+        while self._taken < len(complete):
+            line = complete[self._taken].decode().rstrip("\r")
+            self.lines.put(line.rsplit("\r", 1)[-1].replace("\x1b[K", ""))
+            self._taken += 1
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
         for raw in stream:
@@ -99,8 +138,8 @@ class Cli:
 def cli() -> Iterator[Callable[..., Cli]]:
     started: list[Cli] = []
 
-    def run(*args: str, env: dict[str, str] | None = None) -> Cli:
-        started.append(Cli(*args, env=env))
+    def run(*args: str, env: dict[str, str] | None = None, tty: bool = False) -> Cli:
+        started.append(Cli(*args, env=env, tty=tty))
         return started[-1]
 
     yield run
@@ -248,3 +287,182 @@ def test_gives_up_with_status_1_when_the_server_stays_gone(
     proc.feed(b"never stored\n")
     assert proc.finish(DEADLINE) == 1
     assert "Gave up after 2 retries" in proc.error_text
+
+
+def live_stream_with(
+    server: ServerProcess,
+    client: httpx.Client,
+    cli: Callable[..., Cli],
+    stream_id: str,
+    data: bytes,
+) -> None:
+    """A live stream holding ``data`` whose producer died (kill -9, no goodbye)."""
+    proc = cli(server.url, stream_id)
+    assert proc.next_line() == stream_id
+    proc.feed(data)
+    wait_for_content(client, stream_id, data)
+    proc.proc.kill()
+    proc.wait()
+    assert client.head(f"/stream/{stream_id}").headers["x-stream-state"] == "live"
+
+
+def test_only_the_id_on_stderr_when_it_is_not_a_terminal(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "plain")
+    assert proc.next_line() == "plain"
+    proc.feed(b"a line\n")
+    wait_for_content(client, "plain", b"a line\n")
+    assert proc.finish() == 0
+    assert proc.error_text == "plain\n"
+
+
+def test_flags_in_any_order(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    assert client.post("/stream/anyorder", content=b"old\n").status_code == 201
+    forced = cli(server.url, "--force", "anyorder", "--meta", "k=v")
+    assert forced.next_line() == "anyorder"
+    forced.feed(b"new\n")
+    assert forced.finish() == 0, forced.error_text
+    assert client.get("/stream/anyorder").content == b"new\n"
+
+    first = cli("--meta", "job=x", server.url, "--tee", "flags-first")
+    assert first.next_line() == "flags-first"
+    assert first.finish() == 0, first.error_text
+    assert client.get("/streams/flags-first").json()["metadata"] == {"job": "x"}
+
+
+def test_interrupt_before_the_stream_exists_says_nothing_was_stored(
+    server: ServerProcess, cli: Callable[..., Cli]
+) -> None:
+    server.kill()  # nothing answers: the stream is never created
+    proc = cli(server.url, "never", "--min-delay", "0.05", "--max-delay", "0.1")
+    assert "retrying" in proc.next_line()
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.wait(DEADLINE) == 130
+    assert "resumable" not in proc.error_text
+    assert "stays live" not in proc.error_text
+    assert "before the server created the stream; nothing was stored" in proc.error_text
+
+
+def test_interrupt_after_creation_says_how_to_resume(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "interrupted")
+    assert proc.next_line() == "interrupted"
+    proc.feed(b"kept\n")
+    wait_for_content(client, "interrupted", b"kept\n")
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.wait(DEADLINE) == 130
+    assert "stream interrupted stays live" in proc.error_text
+    assert "--resume interrupted" in proc.error_text
+    assert client.head("/stream/interrupted").headers["x-stream-state"] == "live"
+
+
+def test_server_down_says_at_once_that_it_retries_and_why(
+    server: ServerProcess, cli: Callable[..., Cli]
+) -> None:
+    server.kill()
+    args = ("down", "--retries", "3", "--min-delay", "0.05", "--max-delay", "0.1")
+    proc = cli(server.url, *args)
+    first = proc.next_line()
+    assert "cannot reach 127.0.0.1" in first and "Connection refused" in first
+    assert "retrying in 0.05 s (up to 3 retries; Ctrl-C to stop)" in first
+    assert proc.next_line().startswith("stream: retry 2/3 in 0.1 s: cannot reach")
+    assert proc.finish(DEADLINE) == 1
+    assert "Gave up after 3 retries" in proc.error_text
+
+
+def test_a_replaced_producer_is_told_so(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "replaced")
+    assert proc.next_line() == "replaced"
+    proc.feed(b"mine\n")
+    wait_for_content(client, "replaced", b"mine\n")
+    assert client.post("/stream/replaced?force=true", content=b"theirs\n").status_code == 201
+    proc.feed(b"more of mine\n")
+    assert proc.wait(DEADLINE) == 1
+    assert "replaced by another producer" in proc.error_text
+    assert "does not exist" not in proc.error_text
+    assert client.get("/stream/replaced").content == b"theirs\n"
+
+
+def test_a_deleted_stream_is_told_so(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "deleted")
+    assert proc.next_line() == "deleted"
+    proc.feed(b"mine\n")
+    wait_for_content(client, "deleted", b"mine\n")
+    assert client.delete("/stream/deleted").status_code == 204
+    proc.feed(b"more\n")
+    assert proc.wait(DEADLINE) == 1
+    assert "was deleted while it was being written" in proc.error_text
+
+
+def test_resume_continues_a_live_stream_skipping_what_it_holds(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    live_stream_with(server, client, cli, "again", b"first line\n")
+    proc = cli(server.url, "--resume", "again", "--min-delay", "0.05", "--max-delay", "0.2")
+    assert proc.next_line() == "again"
+    proc.feed(b"first line\nsecond line\n")
+    wait_for_content(client, "again", b"first line\nsecond line\n")
+    assert proc.finish() == 0, proc.error_text
+    assert client.get("/stream/again").content == b"first line\nsecond line\n"
+    assert client.head("/stream/again").headers["x-stream-state"] == "complete"
+
+
+def test_resume_refuses_a_finished_or_absent_stream_and_short_input(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    assert client.post("/stream/done", content=b"all\n").status_code == 201
+    finished = cli(server.url, "done", "--resume")
+    assert finished.finish() == 1
+    assert "cannot resume done: it is complete with 4 bytes" in finished.error_text
+
+    absent = cli(server.url, "absent", "--resume")
+    assert absent.finish() == 1
+    assert "cannot resume absent: it does not exist" in absent.error_text
+
+    live_stream_with(server, client, cli, "longer", b"0123456789\n")
+    short = cli(server.url, "longer", "--resume", "--min-delay", "0.05")
+    short.feed(b"0123")
+    assert short.finish() == 1
+    assert "stdin ended after 4 bytes, but the stream already holds 11" in short.error_text
+    assert client.get("/stream/longer?notail").content == b"0123456789\n"
+
+
+def test_progress_line_and_summary_on_a_terminal(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "on-tty", tty=True)
+    assert proc.next_line() == "on-tty"
+    proc.feed(b"hello terminal\n")
+    wait_for_content(client, "on-tty", b"hello terminal\n")
+    deadline = time.monotonic() + DEADLINE
+    while b"15 B" not in proc.terminal:  # a redraw after the line was read
+        assert time.monotonic() < deadline, bytes(proc.terminal)
+        time.sleep(0.02)
+    assert proc.finish() == 0
+    screen = bytes(proc.terminal).decode()
+    assert "\ron-tty  15 B  " in screen and " retries" in screen
+    digest = hashlib.sha256(b"hello terminal\n").hexdigest()
+    last = proc.stderr[-2].rstrip("\r\n").rsplit("\r", 1)[-1].replace("\x1b[K", "")
+    assert last == (
+        f"stream: on-tty complete, 15 B (15 bytes), sha256 {digest}, "
+        f"{server.url}/stream/on-tty, viewer {server.url}/ui/stream/on-tty"
+    )
+
+
+def test_quiet_terminal_shows_only_the_id(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "quiet", "--quiet", tty=True)
+    assert proc.next_line() == "quiet"
+    proc.feed(b"hush\n")
+    wait_for_content(client, "quiet", b"hush\n")
+    assert proc.finish() == 0
+    assert bytes(proc.terminal) == b"quiet\r\n"
