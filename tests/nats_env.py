@@ -148,5 +148,12 @@ class NatsServer:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """kill -9: no goodbye to its clients; the store keeps what it had synced."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def version(self) -> str:
         return str(server_info(self.url).get("version"))

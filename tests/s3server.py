@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 START_TIMEOUT = 30.0
+PORT_ATTEMPTS = 5  # a port found free may be taken (by anyone) before weed binds it
 PR_SET_PDEATHSIG = 1
 
 
@@ -55,6 +56,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+COMPONENTS = ["master", "volume", "filer", "s3", "admin"]
+
+
+class PortTaken(RuntimeError):
+    """weed could not bind one of its ports."""
+
+
 class S3Server:
     """``weed mini`` with an S3 endpoint at ``endpoint_url`` that accepts exactly
     ``access_key_id`` / ``secret_access_key`` (random per server)."""
@@ -67,6 +75,7 @@ class S3Server:
         self.region = "us-east-1"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._ports: list[int] = []  # chosen at the first start, kept by restarts
         self.startup_seconds = 0.0
 
     @property
@@ -79,8 +88,22 @@ class S3Server:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self) -> S3Server:
-        names = ["master", "volume", "filer", "s3", "admin"]
-        ports = free_ports(2 * len(names))
+        """Start weed; after a stop(), again on the same ports and data directory
+        (the objects stored before are still there)."""
+        again = bool(self._ports)
+        for attempt in range(PORT_ATTEMPTS):
+            if not again:
+                self._ports = free_ports(2 * len(COMPONENTS))
+            try:
+                return self._launch(self._ports)
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 if again else 0)  # the same ports: wait for their user to go
+        raise AssertionError("unreachable")
+
+    def _launch(self, ports: list[int]) -> S3Server:
+        names = COMPONENTS
         args = [self.weed, "mini", f"-dir={self.workdir / 'data'}"]
         args += ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         for i, name in enumerate(names):
@@ -103,7 +126,9 @@ class S3Server:
         env["AWS_ACCESS_KEY_ID"] = self.access_key_id
         env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
         started = time.monotonic()
-        with open(self.workdir / "weed.log", "wb") as log:
+        log_path = self.workdir / "weed.log"
+        logged = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 args,
                 cwd=self.workdir,
@@ -118,6 +143,8 @@ class S3Server:
             self._wait_ready(started + START_TIMEOUT)
         except BaseException:
             self.stop()
+            if "Port allocation failed" in self.log[logged:]:
+                raise PortTaken() from None
             raise
         self.startup_seconds = time.monotonic() - started
         return self

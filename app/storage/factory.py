@@ -9,12 +9,15 @@ from sqlalchemy.exc import ArgumentError
 
 from app.config import Settings
 from app.errors import ConfigError
-from app.storage.base import Hub, MetadataRepo, SegmentStore
+from app.hooks import routes as hook_routes
+from app.storage.base import HookOutbox, Hub, LeaseStore, MetadataRepo, SegmentStore
 from app.storage.memory_hub import MemoryHub
+from app.storage.memory_leases import MemoryLeases
 from app.storage.metadata import SqlMetadataRepo
-from app.storage.nats_hub import NatsHub
 from app.storage.segments import LocalSegmentStore
 from app.storage.space import DiskSpace
+from app.storage.sql_leases import SqlLeases
+from app.storage.sql_outbox import SqlHookOutbox
 
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -70,7 +73,7 @@ def nats_servers(settings: Settings) -> list[str]:
 
 
 def tail_scheme(settings: Settings) -> str:
-    # The JetStream tail of live streams (SPEC §12.2) will come with this scheme too.
+    # nats: the hub, and with store_url s3:// the JetStream tail of live streams too.
     return "nats" if nats_servers(settings) else "memory"
 
 
@@ -83,7 +86,16 @@ def check_urls(settings: Settings) -> None:
 
 def build_repo(settings: Settings) -> SqlMetadataRepo:
     database_driver(settings)
-    return SqlMetadataRepo(settings.resolved_database_url, namespace=settings.namespace)
+    return SqlMetadataRepo(
+        settings.resolved_database_url,
+        namespace=settings.namespace,
+        hook_routes=hook_routes(settings.hooks),
+    )
+
+
+def build_outbox(repo: MetadataRepo) -> HookOutbox | None:
+    """The webhook outbox, in the metadata database (None on a repository without one)."""
+    return SqlHookOutbox(repo) if isinstance(repo, SqlMetadataRepo) else None
 
 
 def build_backends(
@@ -100,7 +112,20 @@ def build_hub(settings: Settings) -> Hub:
     servers = nats_servers(settings)
     if not servers:
         return MemoryHub()
+    # Imported here: nats-py (with the aiohttp it imports) adds about 0.4 s
+    # to every start, and only a cluster needs it.
+    from app.storage.nats_hub import NatsHub
+
     return NatsHub(servers, settings.namespace, settings.resolved_node_id)
+
+
+def build_leases(settings: Settings, repo: MetadataRepo) -> LeaseStore:
+    """Producer leases: in the database (on repo's engine) on PostgreSQL, where
+    nodes share one; in process on SQLite, a file only one node uses, where the
+    database would add a write to every acquire and renewal for nothing."""
+    if database_driver(settings) == "postgresql+asyncpg" and isinstance(repo, SqlMetadataRepo):
+        return SqlLeases(repo)
+    return MemoryLeases()
 
 
 def build_space(settings: Settings) -> DiskSpace:
@@ -121,16 +146,35 @@ def s3_location(settings: Settings) -> tuple[str, str]:
 
 
 def build_store(settings: Settings, *, read_only: bool = False) -> SegmentStore:
-    local = LocalSegmentStore(settings.data_dir / "segments", segment_bytes=settings.segment_bytes)
+    local = LocalSegmentStore(
+        settings.data_dir / "segments",
+        segment_bytes=settings.segment_bytes,
+        compression=settings.compression,
+        # On S3 the tier compresses each segment itself, before its upload.
+        compress_sealed=store_scheme(settings) != "s3",
+        read_only=read_only,
+    )
     if store_scheme(settings) != "s3":
         return local
     # Imported here: botocore takes about half a second to import, which only
     # deployments on S3 should pay.
+    from app.storage.jetstream_tail import JetStreamTail
     from app.storage.s3_objects import S3ObjectStore, S3Settings
     from app.storage.tiered import TieredSegmentStore
 
     bucket, prefix = s3_location(settings)
     s3 = settings.s3
+    servers = nats_servers(settings)
+    # With NATS, the unsealed tails live in JetStream (SPEC §12.2), else on this disk.
+    tail = None
+    if servers:
+        tail = JetStreamTail(
+            servers,
+            settings.namespace,
+            node_id=settings.resolved_node_id,
+            shards=settings.nats.tail_shards,
+            replicas=settings.nats.replicas,
+        )
     objects = S3ObjectStore(
         bucket,
         S3Settings(
@@ -156,4 +200,5 @@ def build_store(settings: Settings, *, read_only: bool = False) -> SegmentStore:
         cache_bytes=settings.cache_bytes,
         max_pending_bytes=s3.max_pending_bytes,
         read_only=read_only,
+        tail=tail,
     )

@@ -7,6 +7,7 @@ import collections
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from app.storage.base import ReleaseHandler
 from app.streams.models import EventKind, HubEvent
 
 FEED_BACKLOG = 10_000
@@ -95,6 +96,7 @@ class MemoryHub:
     def __init__(self) -> None:
         self._channels: dict[str, _Channel] = {}
         self._feeds: set[MemoryFeed] = set()
+        self._release: ReleaseHandler | None = None
 
     def publish(self, event: HubEvent) -> None:
         channel = self._channels.get(event.stream_id)
@@ -131,6 +133,13 @@ class MemoryHub:
 
     async def check(self) -> None:
         pass
+
+    async def serve_releases(self, handler: ReleaseHandler) -> None:
+        self._release = handler
+
+    async def ask_release(self, stream_id: str, key: str, node_id: str) -> bool:
+        # One process: the holder is the service that serves releases here.
+        return self._release is not None and bool(await self._release(stream_id, key))
 
     async def close(self) -> None:
         for feed in self._feeds:

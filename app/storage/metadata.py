@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -16,8 +17,10 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     Index,
+    Integer,
     String,
     Table,
+    Text,
     and_,
     bindparam,
     case,
@@ -32,15 +35,21 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.errors import InsufficientStorage, NotReady, StorageUnavailable, StreamExists
 from app.storage.base import ListQuery
 from app.storage.migrate import migrate
 from app.storage.space import out_of_space
-from app.streams.models import StreamInfo, StreamState, from_micros, to_micros, utcnow
+from app.streams.models import Link, StreamInfo, StreamState, from_micros, to_micros, utcnow
 
 
 class Base(DeclarativeBase):
@@ -75,6 +84,98 @@ class StreamRow(Base):
 
 
 STREAMS: Table = StreamRow.__table__  # type: ignore[assignment]
+
+
+class LeaseRow(Base):
+    """One producer lease per stream id (app/storage/sql_leases.py). Times are
+    microseconds since the epoch by the database's clock, never a node's."""
+
+    __tablename__ = "leases"
+
+    stream_id: Mapped[str] = mapped_column(
+        String(200).with_variant(String(200, collation="C"), "postgresql"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(40))
+    node_id: Mapped[str] = mapped_column(String(200))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    expires_us: Mapped[int] = mapped_column(BigInteger)
+    # No index on expires_us: renewals change only that column, so PostgreSQL
+    # can update the rows in place (HOT); expired() scans a table that has
+    # one row per live stream.
+    released: Mapped[bool] = mapped_column(Boolean)
+
+
+LEASES: Table = LeaseRow.__table__  # type: ignore[assignment]
+
+
+class SecretRow(Base):
+    """Values every node on the database must share, made by whichever node
+    starts first (the share-link signing key). Never logged."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+SECRETS: Table = SecretRow.__table__  # type: ignore[assignment]
+
+
+class HookOutboxRow(Base):
+    """A post-* webhook delivery not yet acknowledged by its receiver (app/hooks.py),
+    written in the transaction of the state change it reports. Rows of one
+    (hook, stream) go out in id order; a delivered row is deleted. Times are
+    microseconds since the epoch; next_us and claim_until_us by the database's clock."""
+
+    __tablename__ = "hook_outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(40))  # a uuid: the receivers' dedup key
+    hook: Mapped[str] = mapped_column(Text)  # the hook's url
+    event: Mapped[str] = mapped_column(String(16))
+    stream_id: Mapped[str] = mapped_column(
+        String(200).with_variant(String(200, collation="C"), "postgresql")
+    )
+    payload: Mapped[str] = mapped_column(Text)  # the stream as GET /streams/{id} shows it, JSON
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_us: Mapped[int] = mapped_column(BigInteger)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claim_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (Index("ix_hook_outbox_chain", "hook", "stream_id", "id"),)
+
+
+HOOK_OUTBOX: Table = HookOutboxRow.__table__  # type: ignore[assignment]
+
+
+class LinkRow(Base):
+    """A name pointing at a stream id (app/streams/links.py). No foreign key: a
+    link outlives the stream it names and works again once the id is re-created."""
+
+    __tablename__ = "links"
+
+    name: Mapped[str] = mapped_column(
+        String(200).with_variant(String(200, collation="C"), "postgresql"), primary_key=True
+    )
+    stream_id: Mapped[str] = mapped_column(
+        String(200).with_variant(String(200, collation="C"), "postgresql")
+    )
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_links_stream", "stream_id", "name"),)
+
+
+def _to_link(row: LinkRow) -> Link:
+    return Link(
+        name=row.name,
+        stream_id=row.stream_id,
+        created_at=from_micros(row.created_us),
+        updated_at=from_micros(row.updated_us),
+    )
 
 
 def _us(value: datetime | None) -> int | None:
@@ -164,9 +265,19 @@ class SqlMetadataRepo:
     """On PostgreSQL the namespace is the schema of every table (the connection's
     search_path); SQLite has a file of its own and ignores it."""
 
-    def __init__(self, url: str, *, namespace: str = "weft") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "weft",
+        hook_routes: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self._url = url
         self.namespace = namespace
+        # Webhooks: the urls of the hooks that take each post-* event. A state
+        # change writes their outbox rows in its own transaction (app/hooks.py).
+        self._hook_routes = dict(hook_routes or {})
+        self.outbox_written: Callable[[], None] = lambda: None
         self._sqlite = url.startswith("sqlite")
         connect_args: dict[str, Any] = {}
         if not self._sqlite:
@@ -184,6 +295,11 @@ class SqlMetadataRepo:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def write_lock(self) -> AbstractAsyncContextManager[Any]:
+        """Held around every write: others on the same engine (leases) take it too."""
+        return self._write_lock
 
     async def start(self) -> None:
         await migrate(self._engine, self.namespace)
@@ -218,7 +334,12 @@ class SqlMetadataRepo:
                 await session.flush()
             except IntegrityError:
                 raise StreamExists(info.id) from None
-            return replaced
+            if replaced is not None:
+                self._enqueue(session, "post-delete", replaced)
+            hooked = self._enqueue(session, "post-create", info)
+        if hooked:
+            self.outbox_written()
+        return replaced
 
     @translated
     async def get(self, stream_id: str) -> StreamInfo | None:
@@ -227,16 +348,29 @@ class SqlMetadataRepo:
             return _to_info(row) if row is not None else None
 
     @translated
-    async def update(self, info: StreamInfo) -> None:
+    async def update(self, info: StreamInfo) -> bool:
         values = _row_values(info)
         for fixed in ("id", "key", "meta", "created_us"):
             values.pop(fixed)
         async with self._write_lock, self._sessions.begin() as session:
-            await session.execute(
+            result = await session.execute(
                 update(StreamRow)
-                .where(StreamRow.id == info.id, StreamRow.key == info.key)
+                .where(
+                    StreamRow.id == info.id,
+                    StreamRow.key == info.key,
+                    StreamRow.state == StreamState.LIVE.value,
+                )
                 .values(**values)
             )
+            changed = bool(getattr(result, "rowcount", 0))
+            hooked = False
+            if changed and info.state is StreamState.COMPLETE:
+                hooked = self._enqueue(session, "post-complete", info)
+            elif changed and info.state is StreamState.ABANDONED:
+                hooked = self._enqueue(session, "post-abandon", info)
+        if hooked:
+            self.outbox_written()
+        return changed
 
     @translated
     async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
@@ -265,7 +399,30 @@ class SqlMetadataRepo:
         # One statement: two nodes deleting the same row cannot both return it.
         async with self._write_lock, self._sessions.begin() as session:
             row = (await session.scalars(statement.returning(StreamRow))).one_or_none()
-            return _to_info(row) if row is not None else None
+            removed = _to_info(row) if row is not None else None
+            hooked = removed is not None and self._enqueue(session, "post-delete", removed)
+        if hooked:
+            self.outbox_written()
+        return removed
+
+    def _enqueue(self, session: AsyncSession, event: str, info: StreamInfo) -> bool:
+        """Add the outbox rows of event to the transaction; whether there were any."""
+        hooks = self._hook_routes.get(event, ())
+        now = _us(utcnow())
+        for hook in hooks:
+            session.add(
+                HookOutboxRow(
+                    delivery_id=uuid.uuid4().hex,
+                    hook=hook,
+                    event=event,
+                    stream_id=info.id,
+                    payload=json.dumps(info.to_json()),
+                    created_us=now,
+                    attempts=0,
+                    next_us=0,  # due now, by any clock
+                )
+            )
+        return bool(hooks)
 
     def _meta_text(self, name: str) -> ColumnElement[Any]:
         """A metadata value as the text a filter compares with (metadata_text):
@@ -314,6 +471,15 @@ class SqlMetadataRepo:
             return [_to_info(row) for row in rows]
 
     @translated
+    async def by_keys(self, keys: list[str]) -> list[StreamInfo]:
+        found: list[StreamInfo] = []
+        async with self._sessions() as session:
+            for at in range(0, len(keys), 500):  # well within any bound-parameter limit
+                statement = select(StreamRow).where(StreamRow.key.in_(keys[at : at + 500]))
+                found.extend(_to_info(row) for row in await session.scalars(statement))
+        return found
+
+    @translated
     async def live(self) -> list[StreamInfo]:
         async with self._sessions() as session:
             rows = await session.scalars(
@@ -349,6 +515,73 @@ class SqlMetadataRepo:
         async with self._sessions() as session:
             counts = {StreamState(state): n for state, n in (await session.execute(statement))}
         return {state: counts.get(state, 0) for state in StreamState}
+
+    @translated
+    async def total_size(self) -> int:
+        statement = select(func.coalesce(func.sum(StreamRow.size), 0))
+        async with self._sessions() as session:
+            return int((await session.execute(statement)).scalar_one())
+
+    @translated
+    async def put_link(self, name: str, stream_id: str, now: datetime) -> tuple[Link, bool]:
+        # Two first PUTs of one name on PostgreSQL: the loser's insert fails on
+        # the key and its second attempt finds the row and repoints it.
+        for attempt in range(2):
+            try:
+                return await self._put_link(name, stream_id, to_micros(now))
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _put_link(self, name: str, stream_id: str, now_us: int) -> tuple[Link, bool]:
+        async with self._write_lock, self._sessions.begin() as session:
+            row = await session.get(LinkRow, name, with_for_update=True)
+            created = row is None
+            if row is None:
+                row = LinkRow(name=name, stream_id=stream_id, created_us=now_us, updated_us=now_us)
+                session.add(row)
+            else:
+                row.stream_id, row.updated_us = stream_id, now_us
+            await session.flush()
+            return _to_link(row), created
+
+    @translated
+    async def get_link(self, name: str) -> Link | None:
+        async with self._sessions() as session:
+            row = await session.get(LinkRow, name)
+            return _to_link(row) if row is not None else None
+
+    @translated
+    async def links(
+        self, *, stream_id: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[Link]:
+        statement = select(LinkRow).order_by(LinkRow.name).limit(limit)
+        if stream_id is not None:
+            statement = statement.where(LinkRow.stream_id == stream_id)
+        if after is not None:
+            statement = statement.where(LinkRow.name > after)
+        async with self._sessions() as session:
+            return [_to_link(row) for row in await session.scalars(statement)]
+
+    @translated
+    async def delete_link(self, name: str) -> bool:
+        async with self._write_lock, self._sessions.begin() as session:
+            result = await session.execute(delete(LinkRow).where(LinkRow.name == name))
+        return bool(getattr(result, "rowcount", 0))
+
+    @translated
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        insert = (sqlite.insert if self._sqlite else postgresql.insert)(SECRETS)
+        keep_first = insert.values(name=name, value=candidate).on_conflict_do_nothing(
+            index_elements=[SECRETS.c.name]
+        )
+        async with self._write_lock, self._engine.begin() as conn:
+            # A node racing this one either inserted first (this insert waits
+            # for its commit, then does nothing) or inserts nothing after it.
+            await conn.execute(keep_first)
+            stored = await conn.execute(select(SECRETS.c.value).where(SECRETS.c.name == name))
+            return str(stored.scalar_one())
 
     async def check(self) -> None:
         try:

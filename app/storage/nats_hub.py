@@ -1,5 +1,9 @@
 """The hub across nodes, over NATS (DESIGN "Scale-out", SPEC §12.2).
 
+Releases (tusd's lock exchange) are core NATS requests to the lease holder,
+on ``<ns>.release.<digest of its node id>`` (node ids may hold any character):
+a holder that is gone has no subscription there, so the asker learns at once.
+
 Progress goes over core NATS, one subject per stream (``<ns>.progress.<id>``):
 only the newest matters, so a lost one is harmless. Lifecycle events go
 through the JetStream stream ``<ns>_events``: stored, in one cluster-wide
@@ -20,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -40,6 +45,7 @@ from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from app.errors import NotReady
+from app.storage.base import ReleaseHandler
 from app.storage.memory_hub import MemoryFeed, MemorySubscription, _Channel
 from app.streams.models import EventKind, HubEvent, StreamInfo, StreamState
 
@@ -49,6 +55,7 @@ TIMEOUT = 2.0  # bound of every wait on NATS
 OUTBOX = 10_000  # lifecycle events (and streams with pending progress) waiting to be sent
 EVENTS_KEEP = 100_000  # lifecycle events the JetStream stream keeps
 EVENTS_MAX_AGE = 24 * 3600.0
+RELEASE_WAIT = 5.0  # a holder ends an idle producer, checkpoints and releases within this
 HEARTBEAT = 1.0  # the events consumer is re-created after two missed heartbeats
 ORIGIN = "Weft-Origin"
 _FINISHING = (EventKind.COMPLETED, EventKind.ABANDONED, EventKind.DELETED)
@@ -219,6 +226,7 @@ class NatsHub:
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
         self._closed = False
         self.dropped = 0  # events the outbox had no room for
 
@@ -226,20 +234,12 @@ class NatsHub:
 
     async def start(self) -> None:
         try:
-            self._nc = await asyncio.wait_for(
-                nats.connect(
-                    servers=self.servers,
-                    name=f"weft {self.node_id}",
-                    no_echo=True,
-                    connect_timeout=self._timeout,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                ),
-                self._timeout * 2,
+            self._nc = await connect(
+                self.servers,
+                f"weft {self.node_id}",
+                self._timeout,
+                (self._on_error, self._on_disconnected, self._on_reconnected),
+                no_echo=True,
             )
             self._connected.set()
             self._js = self._nc.jetstream(timeout=self._timeout)
@@ -296,6 +296,8 @@ class NatsHub:
                 )
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
+        for task in self._releasing:
+            task.cancel()
         for feed in self._feeds:
             feed.close()
         await self._close_connection()
@@ -426,6 +428,50 @@ class NatsHub:
             for event in pending[sent:]:
                 self._progress.setdefault(event.stream_id, event)
 
+    # -- releases -----------------------------------------------------------------
+
+    async def serve_releases(self, handler: ReleaseHandler) -> None:
+        nc = self._nc
+        if nc is None:
+            return
+
+        async def on_request(msg: Msg) -> None:
+            # A task each: letting go waits for a producer to stop, and the
+            # subscription's other requests must not queue behind it.
+            task = asyncio.create_task(self._answer_release(msg, handler))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+        subject = self._release_subject(self.node_id)
+        await asyncio.wait_for(nc.subscribe(subject, cb=on_request), self._timeout)
+
+    def _release_subject(self, node_id: str) -> str:
+        return f"{self.namespace}.release.{hashlib.sha256(node_id.encode()).hexdigest()[:20]}"
+
+    async def _answer_release(self, msg: Msg, handler: ReleaseHandler) -> None:
+        try:
+            body = json.loads(msg.data)
+            released = await handler(body["id"], body["key"])
+            if released is not None and msg.reply:
+                await msg.respond(b"released" if released else b"busy")
+        except Exception as exc:
+            log.warning("release_not_answered node=%s error=%s", self.node_id, _why(exc))
+
+    async def ask_release(self, stream_id: str, key: str, node_id: str) -> bool:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return False
+        subject = self._release_subject(node_id)
+        body = json.dumps({"id": stream_id, "key": key}).encode()
+        try:
+            reply = await asyncio.wait_for(
+                nc.request(subject, body, timeout=RELEASE_WAIT), RELEASE_WAIT + 0.5
+            )
+        except Exception as exc:  # the holder is gone, or did not answer in time
+            log.info("release_unanswered stream_id=%s error=%s", stream_id, _why(exc))
+            return False
+        return bool(reply.data == b"released")
+
     # -- receive ------------------------------------------------------------------
 
     async def _on_lifecycle(self, msg: Msg) -> None:
@@ -518,6 +564,38 @@ class NatsHub:
             log.warning("hub_feed_horizon_unknown node=%s error=%s", self.node_id, _why(exc))
             return 0
         return info.state.last_seq
+
+
+async def connect(
+    servers: list[str],
+    name: str,
+    timeout: float,
+    callbacks: tuple[
+        Callable[[Exception], Awaitable[None]],
+        Callable[[], Awaitable[None]],
+        Callable[[], Awaitable[None]],
+    ],
+    *,
+    no_echo: bool = False,
+) -> Client:
+    """A connection that reconnects by itself for ever, every wait bounded by
+    timeout; callbacks: (error, disconnected, reconnected)."""
+    error_cb, disconnected_cb, reconnected_cb = callbacks
+    return await asyncio.wait_for(
+        nats.connect(
+            servers=servers,
+            name=name,
+            no_echo=no_echo,
+            connect_timeout=timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+        ),
+        timeout * 2,
+    )
 
 
 def _why(exc: BaseException) -> str:

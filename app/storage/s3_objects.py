@@ -9,8 +9,8 @@ every request, and every attempt of it, counts against one per-node limit:
 * ``max_concurrency`` slots per store (one store per node). A slot is taken before
   an upload part is read from its source and given back when the part is stored,
   so parts held never exceed ``part_bytes × max_concurrency``, however many
-  uploads run (aiohttp copies a part once while sending it: budget about twice
-  that). Every other write, HEAD, LIST and DELETE takes a slot per attempt.
+  uploads run (each part once: see ``_Body`` and ``_map_large_buffers``). Every
+  other write, HEAD, LIST and DELETE takes a slot per attempt.
   Ranged reads stream through small buffers on a connection pool of their own and
   take no slot: a slow reader never holds up an upload.
 * ``retries`` further attempts on timeouts, dropped connections, 5xx and
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
+import io
 import logging
 import os
 import random
@@ -55,6 +57,8 @@ MAX_PART_BYTES = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 READ_CHUNK_BYTES = 256 * 1024  # what get_range yields at a time
 READ_CONNECTIONS = 64
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+MMAP_THRESHOLD = 4 * MiB  # below MIN_PART_BYTES, above the 1 MiB blocks of reads
 
 # Error codes S3 (and S3-compatible stores) use for "slow down" and transient faults.
 RETRYABLE_CODES = frozenset(
@@ -140,6 +144,7 @@ class S3ObjectStore:
         self._reader: S3Client | None = None
 
     async def open(self) -> S3ObjectStore:
+        _map_large_buffers()
         session = get_session()
         s = self.settings
         common: dict[str, Any] = {
@@ -210,20 +215,24 @@ class S3ObjectStore:
             try:
                 first = await reader.read(part_bytes)
                 if len(first) < part_bytes:  # the whole object: no multipart needed
+                    size = len(first)
+                    whole, first = _Body(first), b""
                     reply = await self._retrying(
                         "PutObject",
-                        lambda: self._writer.put_object(Bucket=self.bucket, Key=name, Body=first),
+                        lambda: self._writer.put_object(
+                            Bucket=self.bucket, Key=name, Body=whole.rewound()
+                        ),
                         take_slot=False,
                     )
-                    return ObjectInfo(key, len(first), reply["ETag"])
+                    return ObjectInfo(key, size, reply["ETag"])
                 upload = await self._retrying(
                     "CreateMultipartUpload",
                     lambda: self._writer.create_multipart_upload(Bucket=self.bucket, Key=name),
                     take_slot=False,
                 )
                 slot_held = False  # the first part's task owns it now
-                # Handed over in a list the callee empties: this frame (whose
-                # closure above keeps `first` in a cell) must not hold the part.
+                # Handed over in a list the callee empties: this frame must not
+                # hold the part.
                 handed, first = [first], b""
                 return await self._upload_parts(
                     name, key, upload["UploadId"], handed, reader, part_bytes
@@ -245,7 +254,7 @@ class S3ObjectStore:
         tasks: set[asyncio.Task[None]] = set()
         failed: list[BaseException] = []
 
-        async def send(number: int, body: bytes) -> None:
+        async def send(number: int, part: _Body) -> None:
             try:
                 reply = await self._retrying(
                     "UploadPart",
@@ -254,7 +263,7 @@ class S3ObjectStore:
                         Key=name,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=body,
+                        Body=part.rewound(),
                     ),
                     take_slot=False,
                 )
@@ -265,7 +274,7 @@ class S3ObjectStore:
                 self._slots.release()
 
         def start(number: int, body: bytes) -> None:
-            task = asyncio.create_task(send(number, body))
+            task = asyncio.create_task(send(number, _Body(body)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -488,9 +497,19 @@ class S3ObjectStore:
                 await flush()
         if batch:
             await flush()
+        await self.abort_uploads(prefix)
+        return deleted
+
+    async def abort_uploads(self, prefix: str) -> int:
+        """Abort every unfinished multipart upload under ``prefix``: a crash, or
+        an abort the bucket was down for, leaves them behind, invisible to
+        listing, their parts costing storage. Returns how many there were.
+        Raises StorageUnavailable."""
+        count = 0
         async for name, upload_id in self._unfinished_uploads(self.prefix + prefix):
             await self._abort(name, upload_id)
-        return deleted
+            count += 1
+        return count
 
     async def _unfinished_uploads(self, full_prefix: str) -> AsyncIterator[tuple[str, str]]:
         key_marker: str | None = None
@@ -580,6 +599,29 @@ class S3ObjectStore:
         return StorageUnavailable(
             f"The object store (bucket {self.bucket}) cannot be used: {operation}: {reason}."
         )
+
+
+def _map_large_buffers() -> None:
+    """Have glibc serve every buffer of MMAP_THRESHOLD or more (each part) from
+    mmap, so that it goes back to the system when freed. By default glibc raises
+    its threshold (up to 32 MiB) the first time such a block is freed, and parts
+    read by worker threads then come from per-thread heaps that fragment and
+    keep their pages: uploads of many segments held ~50 MiB more than their parts.
+    Process-wide; a no-op off glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+class _Body(io.BytesIO):
+    """A part as botocore's Body, holding its bytes alone. Given bytes, botocore
+    wraps them in a BytesIO that shares them, and aiohttp's BytesIOPayload calls
+    getbuffer(), which copies a buffer still shared: every part in flight would
+    be in memory twice. Build it from bytes nobody else keeps (the caller drops
+    its reference), and pass ``rewound()`` to each attempt."""
+
+    def rewound(self) -> _Body:
+        self.seek(0)
+        return self
 
 
 class _PartReader:

@@ -15,11 +15,25 @@ blocks against it, except in the segment a writer of this process is filling:
 those bytes were just written from memory, and tailing readers would otherwise
 checksum the same block again for every append. A segment without a sidecar
 (written by a version before checksums) is read unverified.
+
+With ``compression: zstd`` a segment that is sealed (a later one exists) or
+ends a finished stream is rewritten as ``NNNNNNNN.zst`` (app/storage/frames.py)
+by one background thread, never on the append path: the raw segment is
+checked against its sidecar, compressed into ``NNNNNNNN.zst.tmp``, fsynced and
+renamed, and only then are the raw segment and its sidecar removed. A crash
+leaves either a stray temp file (removed at start, the segment compressed
+again) or both forms (the raw one removed at start). Reads take whichever form
+is there, so data written with either setting stays readable with the other.
+A finished stream's directory holds the marker ``finished``, so that a start
+finds streams whose finish a crash cut off (``unfinished``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import logging
 import os
 import resource
 import shutil
@@ -28,10 +42,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import anyio.to_thread
 
 from app.errors import CorruptBlock, NotReady, StreamNotFound
+from app.storage import frames
 from app.storage.blocks import (
     BLOCK,
     SUFFIX,
@@ -43,10 +59,26 @@ from app.storage.blocks import (
     sidecar_bytes,
     verify,
 )
+from app.storage.frames import BadFrames, FrameIndex
+from app.storage.packed import (
+    compress_segment,
+    content_length,
+    decompress_segment,
+    lowest_priority,
+    segment_files,
+    segment_index,
+    tidy,
+)
+
+log = logging.getLogger("weft.store")
+T = TypeVar("T")
 
 COLD_READERS = 4  # threads reading segments that are not in the page cache
 COLD_SEGMENTS = 1024  # cold segments remembered
 COLD_SECONDS = 10.0  # how long a segment that missed the page cache is read in a thread
+FINISHED = "finished"  # marker: the stream's last segment may be compressed too
+INDEXES = 1024  # frame indexes of compressed segments kept in memory
+AHEAD = 8  # frames (of up to 1 MiB) decoded ahead of replays, in all
 
 
 def _read_fd_budget() -> int:
@@ -208,9 +240,34 @@ class LocalSegmentWriter:
 class LocalSegmentStore:
     offload_cold_reads = True  # False: every read on the loop (bench/coldreplay.py's reference)
 
-    def __init__(self, root: Path, *, segment_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        segment_bytes: int,
+        compression: str = "none",
+        compress_sealed: bool = True,
+        read_only: bool = False,
+    ) -> None:
         self._root = root
         self._segment_bytes = segment_bytes
+        self.compression = compression
+        # read_only: a tool beside a running server (weft verify) never compresses or tidies.
+        self._read_only = read_only
+        # False: a store above (the S3 tier) decides when to compress, before its upload.
+        self._compress_sealed = compress_sealed and compression == "zstd" and not read_only
+        self._queue: OrderedDict[tuple[str, int], None] = OrderedDict()  # segments to compress
+        self._worker: asyncio.Task[None] | None = None
+        # key -> its compression, as the thread runs it: awaiting it can be cancelled,
+        # the thread cannot, and deletes and close() must wait for it to end.
+        self._compressing: dict[str, concurrent.futures.Future[Path | None]] = {}
+        self._packer = ThreadPoolExecutor(
+            1, thread_name_prefix="weft-compress", initializer=lowest_priority
+        )
+        self._indexes: OrderedDict[tuple[str, int], FrameIndex] = OrderedDict()
+        # Frames decoded ahead of the reads that will want them: (key, segment, start).
+        self._ahead: OrderedDict[tuple[str, int, int], asyncio.Future[bytes]] = OrderedDict()
+        self._unfinished: list[str] = []
         self._sidecar_bytes = sidecar_bytes(segment_bytes)
         root.mkdir(parents=True, exist_ok=True)
         # Read descriptors shared by every reader (pread needs no position):
@@ -245,6 +302,127 @@ class LocalSegmentStore:
             os.close(self._fds.pop(slot))
         for cold in [cold for cold in self._cold if cold[0] == key]:
             del self._cold[cold]
+        for segment in [s for s in {*self._indexes, *self._queue} if s[0] == key]:
+            self._indexes.pop(segment, None)
+            self._queue.pop(segment, None)
+        for ahead in [a for a in self._ahead if a[0] == key]:
+            self._ahead.pop(ahead).cancel()
+
+    async def _quiesce(self, key: str) -> None:
+        """Wait for a compression of key's that is running (a thread cannot be
+        stopped), so that it cannot rename a file into a directory emptied meanwhile."""
+        job = self._compressing.get(key)
+        if job is not None and not job.done():
+            await asyncio.wait([asyncio.wrap_future(job)])  # whatever its outcome
+
+    # -- compression at rest -----------------------------------------------------------
+
+    def _schedule(self, key: str, index: int) -> None:
+        if not self._compress_sealed:
+            return
+        self._queue[(key, index)] = None
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._compress_queued())
+
+    async def _compress_queued(self) -> None:
+        while self._queue:
+            (key, index), _ = self._queue.popitem(last=False)
+            try:
+                await self.compress(key, index)
+            except Exception:
+                log.exception("compress_failed key=%s segment=%d", key, index)
+
+    async def compress(self, key: str, index: int) -> Path | None:
+        """Store a sealed segment compressed, in the compression thread; return
+        the compressed file (None: no such segment, or it stays raw). The
+        segment must not be written any more."""
+        await self._quiesce(key)
+        job = self._packer.submit(compress_segment, self._dir(key), index)
+        self._compressing[key] = job
+        try:
+            packed = await asyncio.wrap_future(job)
+        finally:
+            if job.done() and self._compressing.get(key) is job:
+                del self._compressing[key]
+        name = _segment_name(index)
+        for slot in ((key, name), (key, name + SUFFIX)):  # the raw file's space is freed
+            fd = self._fds.pop(slot, None)
+            if fd is not None:
+                os.close(fd)
+        return packed
+
+    async def _read_packed(self, key: str, index: int, fd: int, start: int, limit: int) -> bytes:
+        """Content from start of a compressed segment, up to the end of the
+        frame start is in: one frame decoded per read (in a thread), reads that
+        follow are aligned with the frames, and the next frame is decoded
+        meanwhile (a replay then decodes while the loop sends)."""
+        slot = (key, index)
+        found = self._indexes.get(slot)
+        frame = None
+        try:
+            if found is None:
+                found = await self._in_thread(fd, frames.read_index)
+            self._indexes[slot] = found
+            self._indexes.move_to_end(slot)
+            if len(self._indexes) > INDEXES:
+                self._indexes.popitem(last=False)
+            span = found.span(start, start + 1)
+            if not span:
+                return b""
+            frame = span[0]
+            job = self._ahead.pop((key, index, frame.start), None) or self._decode(fd, frame)
+            self._read_ahead(key, index, fd, found, frame)
+            content = await job
+        except BadFrames as exc:
+            at = 0 if frame is None else frame.start
+            offset = index * self._segment_bytes + at
+            raise CorruptBlock(key, index, at // BLOCK, offset, str(exc), uncovered=False) from None
+        stop = min(start + limit, frame.start + frame.length)
+        if start == frame.start and stop == frame.start + frame.length:
+            return content
+        return content[start - frame.start : stop - frame.start]
+
+    def _in_thread(self, fd: int, work: Callable[[int], T]) -> asyncio.Future[T]:
+        """work(fd) in a reading thread, on a descriptor of its own (the shared
+        one may be closed meanwhile: evicted, deleted)."""
+        own = os.dup(fd)
+
+        def run() -> T:
+            try:
+                return work(own)
+            finally:
+                os.close(own)
+
+        return asyncio.get_running_loop().run_in_executor(self._threads, run)
+
+    def _decode(self, fd: int, frame: frames.Frame) -> asyncio.Future[bytes]:
+        return self._in_thread(
+            fd, lambda own: frames.decode_frame(frame, os.pread(own, frame.stored, frame.at))
+        )
+
+    def _read_ahead(
+        self, key: str, index: int, fd: int, found: FrameIndex, frame: frames.Frame
+    ) -> None:
+        end = frame.start + frame.length
+        after = found.span(end, end + 1)
+        if not after or (key, index, end) in self._ahead:
+            return
+        job = self._decode(fd, after[0])
+        job.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+        self._ahead[(key, index, end)] = job
+        while len(self._ahead) > AHEAD:
+            self._ahead.popitem(last=False)[1].cancel()
+
+    async def stored_bytes(self, key: str) -> int:
+        """The bytes the stream's segments take at rest (raw or compressed)."""
+
+        def work() -> int:
+            try:
+                return sum(p.stat().st_size for p in segment_files(self._dir(key)).values())
+            except FileNotFoundError:
+                return 0
+
+        return await anyio.to_thread.run_sync(work)
 
     def _dir(self, key: str) -> Path:
         return self._root / key
@@ -252,6 +430,7 @@ class LocalSegmentStore:
     async def create(self, key: str) -> None:
         directory = self._dir(key)
         self._forget(key)
+        await self._quiesce(key)
         if directory.exists():  # a large stream's files take long to remove
             await anyio.to_thread.run_sync(shutil.rmtree, directory)
         directory.mkdir(parents=True)
@@ -263,6 +442,8 @@ class LocalSegmentStore:
                 self._filling.pop(key, None)
             else:
                 self._filling[key] = index
+                if index:  # the one before is sealed
+                    self._schedule(key, index - 1)
 
         size = await self.size(key)
         return LocalSegmentWriter(self._dir(key), self._segment_bytes, size, on_segment)
@@ -272,7 +453,10 @@ class LocalSegmentStore:
         name = _segment_name(index)
         fd = self._read_fd(key, name)
         if fd is None:
-            return b""
+            packed = self._read_fd(key, name + frames.SUFFIX)
+            if packed is None:
+                return b""
+            return await self._read_packed(key, index, packed, start, limit)
         end = min(start + limit, self._segment_bytes)
         if self._filling.get(key) == index:
             return os.pread(fd, end - start, start)  # just written: in the page cache
@@ -352,28 +536,36 @@ class LocalSegmentStore:
         return data[start - base : stop - base]
 
     async def size(self, key: str) -> int:
-        directory = self._dir(key)
         try:
-            names = sorted(p.name for p in directory.iterdir() if p.name.isdigit())
+            found = segment_files(self._dir(key))
         except FileNotFoundError:
             raise StreamNotFound(key) from None
-        if not names:
+        if not found:
             return 0
-        last = len(names) - 1
-        return last * self._segment_bytes + (directory / names[-1]).stat().st_size
+        last, path = next(reversed(found.items()))
+        try:
+            length = content_length(path)
+        except FileNotFoundError:  # compressed meanwhile: its other form is there
+            length = content_length(segment_files(self._dir(key))[last])
+        except BadFrames:
+            length = 0  # unreadable footer: reads of it fail their checks
+        return (len(found) - 1) * self._segment_bytes + length
 
     async def trim(self, key: str, size: int) -> None:
         self._forget(key)
+        await self._quiesce(key)
         await anyio.to_thread.run_sync(self._trim, key, size)
 
     def _trim(self, key: str, size: int) -> None:
         directory = self._dir(key)
         index, used = divmod(size, self._segment_bytes)
         for path in directory.iterdir():
-            number = path.name.removesuffix(SUFFIX)
-            if number.isdigit() and int(number) > index:
+            number = segment_index(path.name)
+            if number is not None and number > index:
                 path.unlink()
         path = directory / _segment_name(index)
+        if not path.exists() and Path(f"{path}{frames.SUFFIX}").exists():
+            decompress_segment(directory, index)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.ftruncate(fd, used)
@@ -390,16 +582,79 @@ class LocalSegmentStore:
 
     async def delete(self, key: str) -> None:
         self._forget(key)
+        await self._quiesce(key)
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._dir(key), ignore_errors=True))
 
     async def start(self) -> None:
-        return None
+        """With compression on: settle compressions a crash cut off, queue the
+        sealed segments still raw (also those written before it was on) and
+        find the streams whose finish never came (see unfinished). With it
+        off nothing is looked at (a start stays as fast as before): a crash
+        state left by an earlier run reads right as it is."""
+
+        def scan_all() -> tuple[list[tuple[str, int]], list[str]]:
+            todo: list[tuple[str, int]] = []
+            unfinished: list[str] = []
+            for directory in sorted(self._root.iterdir()):
+                if not directory.is_dir():
+                    continue
+                tidy(directory)
+                found = segment_files(directory)
+                finished = (directory / FINISHED).exists()
+                if not finished:
+                    unfinished.append(directory.name)
+                last = max(found, default=-1)
+                for index, path in found.items():
+                    if path.name.isdigit() and (index < last or finished):
+                        todo.append((directory.name, index))
+            return todo, unfinished
+
+        if self._read_only or not self._compress_sealed:
+            return
+        todo, self._unfinished = await anyio.to_thread.run_sync(scan_all)
+        for key, index in todo:
+            self._schedule(key, index)
 
     async def close(self) -> None:
-        return None
+        self._queue.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        running = [asyncio.wrap_future(job) for job in self._compressing.values() if not job.done()]
+        if running:
+            await asyncio.wait(running)
+        self._compressing.clear()
+
+    async def settled(self) -> None:
+        """Return once no compression is queued or running (tests, benchmarks)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
 
     async def finish(self, key: str) -> None:
-        return None  # every byte is where it stays
+        """With compression on: mark the stream finished and compress what is
+        still raw, its last segment too. Never raises."""
+        if not self._compress_sealed:
+            return  # every byte is where it stays
+
+        def mark() -> list[int]:
+            directory = self._dir(key)
+            (directory / FINISHED).touch()
+            return [i for i, p in segment_files(directory).items() if p.name.isdigit()]
+
+        try:
+            raw = await anyio.to_thread.run_sync(mark)
+        except OSError as exc:
+            log.warning("finish_failed key=%s error=%s", key, exc)
+            return
+        for index in raw:
+            self._schedule(key, index)
+
+    async def hand_off(self, key: str) -> None:
+        return None  # the only copy
+
+    async def unfinished(self) -> list[str]:
+        return list(self._unfinished)  # empty unless compression is on
 
     async def check(self) -> None:
         probe = self._root / ".ready"

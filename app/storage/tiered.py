@@ -22,6 +22,26 @@ producers may go on until ``max_pending_bytes`` of full segments wait; then
 appends get 503 (StorageUnavailable) until uploads catch up. A deleted
 stream's objects are removed in the background, retried until done, also
 across restarts (marker ``state_root/.deleting/{key}``).
+
+With a JetStream tail (``tail_url`` nats://, SPEC §12.2), an append is
+acknowledged once JetStream has it; the local files are then a mirror, for
+local reads and for the uploads. Once a segment's upload is recorded its bytes
+are purged from the stream's subject, so what JetStream holds is the unsealed
+rest, and its first message tells which segments are in the bucket: a node
+without the local files (a reader, or a writer taking over) reads the unsealed
+bytes from JetStream and the rest from the bucket, and a writer there rebuilds
+the mirror from JetStream first. Opening a writer claims the subject, which
+fences every older writer of the stream (SPEC: a node that lost its producer
+can never append again).
+
+With ``compression: zstd`` (issue 12) each segment is compressed on local disk
+(app/storage/segments.py) just before its upload, and goes up as
+``{key}/{index:08d}.zst`` with its frame index beside it as
+``{key}/{index:08d}.zidx`` instead of the raw object and its ``.crc``: a ranged
+read fetches the index once (cached), then only the frames it needs. Either
+form is read whatever the setting. An upload marker holds the bytes of the
+segment's object (``stored_bytes``); a retired stream keeps their sum in
+``state_root/{key}/stored``.
 """
 
 from __future__ import annotations
@@ -37,22 +57,50 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from app.errors import CorruptBlock, NotFound, NotReady, StorageUnavailable, StreamNotFound
+from app.errors import (
+    CorruptBlock,
+    NotFound,
+    NotReady,
+    StorageUnavailable,
+    StreamNotFound,
+    WeftError,
+)
+from app.storage import frames
 from app.storage.blocks import BLOCK, SUFFIX, Flaw, Sums, parse, scan, verify
+from app.storage.frames import BadFrames, FrameIndex
+from app.storage.jetstream_tail import JetStreamTail, TailState, TailWriter
+from app.storage.packed import content_length, segment_files, tidy
+from app.storage.read_ahead import ReadAhead
 from app.storage.s3_objects import S3ObjectStore
 from app.storage.segments import LocalSegmentStore, LocalSegmentWriter
 
 log = logging.getLogger("weft.s3")
 FINISHED = "finished"
 RETIRED = "retired"  # every byte is in the bucket; holds the stream's size
+STORED = "stored"  # a retired stream's bytes in the bucket
+INDEX = ".zidx"  # a compressed segment's frame index, beside its object
 DELETING = ".deleting"
 SUMS_CACHE = 1024  # remote segments whose checksums are kept in memory
 READY_SECONDS = 3.0  # how long check() waits for the bucket
 RETRY_FIRST = 0.1  # seconds before an upload that failed is tried again, doubling
+MIRROR_READ = 1024 * 1024  # bytes copied from JetStream into the local mirror at a time
 
 
 def _name(index: int) -> str:
     return f"{index:08d}"
+
+
+def _touch(path: Path) -> Path:
+    path.touch()
+    return path
+
+
+def _footer(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return frames.footer_of(fd)
+    finally:
+        os.close(fd)
 
 
 def _sidecar(path: Path) -> bytes:
@@ -69,16 +117,27 @@ def _sidecar(path: Path) -> bytes:
 
 
 class TieredSegmentWriter:
-    """A LocalSegmentWriter that hands every segment it fills to the store for upload."""
+    """A LocalSegmentWriter that hands every segment it fills to the store for
+    upload. With a tail, each append goes to JetStream first (the
+    acknowledgement), then into the local files; ``size`` is what JetStream has."""
 
-    def __init__(self, store: TieredSegmentStore, key: str, inner: LocalSegmentWriter) -> None:
+    def __init__(
+        self,
+        store: TieredSegmentStore,
+        key: str,
+        inner: LocalSegmentWriter,
+        tail: TailWriter | None = None,
+    ) -> None:
         self._store = store
         self._key = key
         self._inner = inner
-        self.size = inner.size
+        self._tail = tail
+        self.size = inner.size if tail is None else tail.size
 
     async def append(self, data: bytes) -> int:
         self._store.admit(len(data))
+        if self._tail is not None:
+            return await self._append_tailed(self._tail, data)
         before = self.size
         try:
             return await self._inner.append(data)
@@ -86,11 +145,48 @@ class TieredSegmentWriter:
             self.size = self._inner.size
             self._store.filled(self._key, before, self.size)
 
+    async def _append_tailed(self, tail: TailWriter, data: bytes) -> int:
+        if tail.failure is not None:
+            # A timeout or NATS down: go on from what JetStream holds, unless
+            # someone else appended meanwhile (Fenced).
+            assert self._store.tail is not None
+            tail = self._tail = await self._store.tail.resume(tail)
+        await self.catch_up()
+        self.size = await tail.append(data)
+        # Stored and acknowledged: a local failure now (507) leaves the mirror
+        # behind, and the next append copies what it missed from JetStream.
+        await self._mirror(data)
+        return self.size
+
+    async def catch_up(self) -> None:
+        """Copy into the local files what JetStream has beyond them."""
+        assert self._tail is not None and self._store.tail is not None
+        end = self.size = self._tail.size
+        if self._inner.size > end:
+            raise StorageUnavailable(
+                f"The local copy of stream {self._key} holds more bytes than JetStream."
+            )
+        while self._inner.size < end:
+            at = self._inner.size
+            data = await self._store.tail.read(self._key, at, min(MIRROR_READ, end - at))
+            if not data:
+                raise StorageUnavailable(f"JetStream lost the tail of stream {self._key}.")
+            await self._mirror(data)
+
+    async def _mirror(self, data: bytes) -> None:
+        before = self._inner.size
+        try:
+            await self._inner.append(data)
+        finally:
+            self._store.filled(self._key, before, self._inner.size)
+
     async def sync(self) -> None:
         await self._inner.sync()
 
     async def close(self) -> None:
         await self._inner.close()
+        if self._tail is not None:
+            await self._tail.close()
 
 
 class TieredSegmentStore:
@@ -105,8 +201,10 @@ class TieredSegmentStore:
         cache_bytes: int,
         max_pending_bytes: int,
         read_only: bool = False,
+        tail: JetStreamTail | None = None,
     ) -> None:
         self._local = local
+        self.tail = tail
         self._read_only = read_only  # reads only: no uploads, no eviction (weft verify)
         self._objects = objects
         self._root = local_root  # the local store's root: {key}/{index:08d}
@@ -120,10 +218,14 @@ class TieredSegmentStore:
         self._cached: OrderedDict[tuple[str, int], int] = OrderedDict()  # uploaded, still local
         self._cached_bytes = 0
         self._reading: Counter[tuple[str, int]] = Counter()  # local reads in flight
-        self._sums: OrderedDict[tuple[str, int], Sums] = OrderedDict()
+        # The checksums (raw) or frame index (compressed) of remote segments.
+        self._sums: OrderedDict[tuple[str, int], Sums | FrameIndex] = OrderedDict()
+        self._ahead = ReadAhead()
         self._deletes: dict[str, asyncio.Task[None]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._deferred: set[str] = set()  # retirements waiting for local reads to end
+        self._unfinished: list[str] = []  # keys start() found not finished
+        self._sealed: dict[str, int] = {}  # key -> segments from the first on that are uploaded
         self._opened = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -133,21 +235,25 @@ class TieredSegmentStore:
         while it is down works) and resume the work a previous run left."""
         await self._objects.open()
         self._opened = True
+        if self.tail is not None:
+            await self.tail.start()
         if self._read_only:
             return
         (self._state / DELETING).mkdir(parents=True, exist_ok=True)
-        todo, deleting = await anyio.to_thread.run_sync(self._scan)
+        todo, deleting, self._unfinished = await anyio.to_thread.run_sync(self._scan)
         for key, index, length in todo:
-            self._schedule(key, index, length)
+            self._schedule(key, index, length, resumed=True)
         for key in deleting:
             self._delete_remote_later(key)
         if todo or deleting:
             log.info("s3_resumed uploads=%d deletions=%d", len(todo), len(deleting))
 
-    def _scan(self) -> tuple[list[tuple[str, int, int]], list[str]]:
-        """Segments with no upload marker that are full or end a finished stream;
-        uploaded ones are evicted from the local disk."""
+    def _scan(self) -> tuple[list[tuple[str, int, int]], list[str], list[str]]:
+        """Segments with no upload marker that are full or end a finished stream
+        (uploaded ones are evicted from the local disk), the keys to delete from
+        the bucket, and the keys not finished."""
         todo = []
+        unfinished = []
         for directory in sorted(self._root.iterdir()):
             if not directory.is_dir():
                 continue
@@ -158,29 +264,32 @@ class TieredSegmentStore:
                 self._drop_markers(key)
                 continue
             finished = (state / FINISHED).exists()
-            names = sorted(p.name for p in directory.iterdir() if p.name.isdigit())
+            if not finished:
+                unfinished.append(key)
+            tidy(directory)  # a compression a crash cut off
+            found = segment_files(directory)
             waiting = 0
-            for position, name in enumerate(names):
-                path = directory / name
-                if (state / name).exists():
+            for position, (index, path) in enumerate(found.items()):
+                if (state / _name(index)).exists():
                     if path.stat().st_blocks:
-                        self._evict_file(path)
+                        self._evict_file(directory / _name(index))
                     continue
-                length = path.stat().st_size
-                last = position == len(names) - 1
+                length = content_length(path)
+                last = position == len(found) - 1
                 ends = finished and last and (length or not position)
                 if length == self._segment_bytes or ends:
-                    todo.append((key, int(name), length))
+                    todo.append((key, index, length))
                     waiting += 1
-            if finished and not waiting and names:  # all in the bucket: retire it
+            if finished and not waiting and found:  # all in the bucket: retire it
                 try:
                     (state / RETIRED).write_text(str(self._local_size(key)))
+                    (state / STORED).write_text(str(self._marked_bytes(key)))
                 except FileNotFoundError:
                     continue  # a segment with neither a marker nor a reason to upload
                 shutil.rmtree(directory, ignore_errors=True)
                 self._drop_markers(key)
         deleting = sorted(p.name for p in (self._state / DELETING).iterdir())
-        return todo, deleting
+        return todo, deleting, unfinished
 
     async def close(self) -> None:
         """Stop uploads and deletions; what was not finished is resumed by the next start."""
@@ -191,9 +300,12 @@ class TieredSegmentStore:
         self._uploads.clear()
         self._deletes.clear()
         self._retiring.clear()
+        await self._local.close()  # waits for a compression its thread is running
         if self._opened:
             self._opened = False
             await self._objects.close()
+            if self.tail is not None:
+                await self.tail.close()
 
     async def settled(self) -> None:
         """Return once no upload or deletion is left (tests; a drained shutdown)."""
@@ -208,12 +320,82 @@ class TieredSegmentStore:
         if (self._state / key).exists():  # an old incarnation under the same key
             await self._objects.delete_prefix(f"{key}/")
             await anyio.to_thread.run_sync(shutil.rmtree, self._state / key, True)
+        if self.tail is not None:
+            # An empty message at 0: the stream exists for every node from now on.
+            await self.tail.delete(key)
+            await TailWriter(self.tail, key, TailState(0, 0)).claim()
         await self._local.create(key)
 
     async def open_writer(self, key: str) -> TieredSegmentWriter:
-        return TieredSegmentWriter(self, key, await self._local.open_writer(key))
+        if self.tail is None:
+            return TieredSegmentWriter(self, key, await self._local.open_writer(key))
+        state = await self.tail.state(key)
+        if not (self._root / key).exists():
+            if not state.seq:
+                raise StreamNotFound(key)
+            await self._adopt(key)
+        inner = await self._local.open_writer(key)
+        if not state.seq:  # written before this node had a tail: JetStream starts at its end
+            state = TailState(inner.size, 0)
+        tail = TailWriter(self.tail, key, state)
+        writer = TieredSegmentWriter(self, key, inner, tail)
+        try:
+            await tail.claim()  # from now on every older writer is fenced
+            await writer.catch_up()
+        except BaseException:
+            await inner.close()
+            raise
+        return writer
+
+    async def _adopt(self, key: str) -> None:
+        """Local files for a stream written on another node: the segments before
+        JetStream's first message are in the bucket (a purge follows the upload
+        record), as sparse files with their upload markers; the writer then
+        copies the rest from JetStream."""
+        assert self.tail is not None
+        first = await self.tail.first_offset(key)
+        sealed = -(-(first or 0) // self._segment_bytes)
+
+        def build() -> None:
+            directory, state = self._root / key, self._state / key
+            directory.mkdir(parents=True, exist_ok=True)
+            state.mkdir(parents=True, exist_ok=True)
+            for index in range(sealed):
+                os.truncate(_touch(directory / _name(index)), self._segment_bytes)
+                (state / _name(index)).touch()
+            if not sealed:
+                _touch(directory / _name(0))
+
+        await anyio.to_thread.run_sync(build)
+        log.info("tail_adopted key=%s sealed_segments=%d", key, sealed)
 
     async def read(self, key: str, offset: int, limit: int) -> bytes:
+        if self.tail is not None and not self._mirrored(key):
+            if (self._state / DELETING / key).exists():
+                return b""  # deleted here: its objects are on their way out
+            return await self._read_elsewhere(key, offset, limit)
+        data = await self._read_here(key, offset, limit)
+        if not data and self.tail is not None and not self._finished(key):
+            # This node's copy may be behind (another node has taken the stream over).
+            return await self._read_elsewhere(key, offset, limit)
+        return data
+
+    async def _read_elsewhere(self, key: str, offset: int, limit: int) -> bytes:
+        """A stream this node has no copy of: the unsealed bytes from JetStream,
+        the sealed ones (purged from JetStream) from the bucket."""
+        assert self.tail is not None
+        index, start = divmod(offset, self._segment_bytes)
+        end = min(start + limit, self._segment_bytes)
+        try:
+            data = await self.tail.read(key, offset, end - start)
+        except NotFound:
+            return await self._read_remote(key, index, start, end)
+        if data or await self.tail.last_seq(key):
+            return data
+        # Not in JetStream at all: finished and only in the bucket, or deleted.
+        return await self._read_remote(key, index, start, end)
+
+    async def _read_here(self, key: str, offset: int, limit: int) -> bytes:
         index, start = divmod(offset, self._segment_bytes)
         slot = (key, index)
         if slot in self._cached or not (self._uploaded(key, index) or self._retired(key)):
@@ -237,6 +419,19 @@ class TieredSegmentStore:
 
     async def size(self, key: str) -> int:
         try:
+            here: int | None = await self._size_here(key)
+        except StreamNotFound:
+            here = None
+        if self.tail is not None:
+            state = await self.tail.state(key)
+            if state.seq:  # JetStream has the truth, this node perhaps an old copy
+                return max(here or 0, state.size)
+        if here is None:
+            raise StreamNotFound(key)
+        return here
+
+    async def _size_here(self, key: str) -> int:
+        try:
             return await self._local.size(key)
         except StreamNotFound:
             try:
@@ -249,22 +444,25 @@ class TieredSegmentStore:
         (it may be only in the bucket), and its objects and those of every later
         segment are removed: the bucket never holds bytes the stream lost."""
         index = size // self._segment_bytes
+        self._sealed.pop(key, None)
         for slot in [s for s in {*self._uploads, *self._pending} if s[0] == key]:
             if slot[1] >= index:
                 self._cancel(slot)
-        if self._uploaded(key, index) and (key, index) not in self._cached:
-            await self._restore(key, index)
         state = self._state / key
+        # Listed before the restore, which drops the marker of the segment cut into.
         later = (
             sorted(int(p.name) for p in state.iterdir() if p.name.isdigit())
             if state.exists()
             else []
         )
+        if self._uploaded(key, index) and (key, index) not in self._cached:
+            await self._restore(key, index)
         for number in [n for n in later if n >= index]:
             await self._objects.delete_prefix(f"{key}/{_name(number)}")
             (state / _name(number)).unlink(missing_ok=True)
             self._uncache((key, number))
             self._sums.pop((key, number), None)
+        self._ahead.forget(key)
         await self._local.trim(key, size)
 
     async def delete(self, key: str) -> None:
@@ -279,10 +477,33 @@ class TieredSegmentStore:
 
         await anyio.to_thread.run_sync(local)
         await self._local.delete(key)
+        await self._drop_tail(key)
         self._delete_remote_later(key, cancelled)
+
+    async def hand_off(self, key: str) -> None:
+        """Another node writes the stream now: with a tail, this node's files are
+        a mirror it may have outgrown, so they go (its uploads too: the new
+        writer mirrors from JetStream whatever the bucket lacks, and uploads it).
+        Reads here then go to JetStream and the bucket; a later takeover adopts
+        afresh. Without a tail the local files are the only copy: kept."""
+        if self.tail is None:
+            return
+        self._forget(key)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._state / key, ignore_errors=True))
+        await self._local.delete(key)
+        log.info("tail_handed_off key=%s", key)
 
     async def finish(self, key: str) -> None:
         """The stream gets no more bytes: its last, partial segment is uploaded too."""
+        if self.tail is not None:
+            # This node's copy may be missing or behind (the stream was written
+            # elsewhere): a writer brings it up to JetStream's end, and fences
+            # any other writer, before the last segment is uploaded from it.
+            try:
+                await (await self.open_writer(key)).close()
+            except WeftError as exc:
+                log.warning("s3_finish_failed key=%s error=%s", key, exc.message)
+                return
         try:
             size = await self._local.size(key)
             (self._state / key).mkdir(parents=True, exist_ok=True)
@@ -296,11 +517,16 @@ class TieredSegmentStore:
         else:
             self._maybe_retire(key)
 
+    async def unfinished(self) -> list[str]:
+        return list(self._unfinished)
+
     async def check(self) -> None:
         try:
             await self._local.check()
         except NotReady:
             raise NotReady("The local disk of the segment store cannot be written.") from None
+        if self.tail is not None:
+            await self.tail.check()
         try:
             # Bounded: a readiness probe gives up after a few seconds, and the
             # retries of a bucket that is down would take far longer.
@@ -327,13 +553,13 @@ class TieredSegmentStore:
         for index in range(before // self._segment_bytes, after // self._segment_bytes):
             self._schedule(key, index, self._segment_bytes)
 
-    def _schedule(self, key: str, index: int, length: int) -> None:
+    def _schedule(self, key: str, index: int, length: int, *, resumed: bool = False) -> None:
         slot = (key, index)
         if slot in self._uploads:
             return
         self._pending[slot] = length
         self.pending_bytes += length
-        task = asyncio.create_task(self._upload(key, index, length))
+        task = asyncio.create_task(self._upload(key, index, length, resumed))
         self._uploads[slot] = task
         task.add_done_callback(lambda done: self._upload_done(slot, done))
 
@@ -353,33 +579,91 @@ class TieredSegmentStore:
             task.cancel()
         self._settle(slot)
 
-    async def _upload(self, key: str, index: int, length: int) -> None:
+    async def _upload(self, key: str, index: int, length: int, resumed: bool) -> None:
+        """resumed: a previous run may have died in the middle of this upload."""
         name = f"{key}/{_name(index)}"
         path = self._root / key / _name(index)
         delay = RETRY_FIRST
         cap = max(RETRY_FIRST, self._objects.settings.backoff_max_seconds)
+        leftovers = resumed  # multipart uploads of this segment may be left unfinished
+        packed = Path(f"{path}{frames.SUFFIX}")
+        if self._local.compression == "zstd" and length:
+            await self._local.compress(key, index)  # stays raw if it fails its checksums
         while True:
             try:
-                sums = await anyio.to_thread.run_sync(_sidecar, path)
-                await self._objects.put_object_multipart(name, path)
-                await self._objects.put_object_multipart(name + SUFFIX, sums)
+                if packed.exists():  # compressed now, or by a run that had it on
+                    index_ = await anyio.to_thread.run_sync(_footer, packed)
+                    await self._objects.put_object_multipart(name + frames.SUFFIX, packed)
+                    await self._objects.put_object_multipart(name + INDEX, index_)
+                    stored = packed.stat().st_size
+                else:
+                    sums = await anyio.to_thread.run_sync(_sidecar, path)
+                    await self._objects.put_object_multipart(name, path)
+                    await self._objects.put_object_multipart(name + SUFFIX, sums)
+                    stored = length
                 break
             except FileNotFoundError:
                 return  # deleted or trimmed meanwhile
             except StorageUnavailable as exc:
+                # Its abort may have failed too (the bucket was down): tidy up later.
+                leftovers = True
                 log.warning("s3_upload_retry key=%s segment=%d error=%s", key, index, exc.message)
                 await asyncio.sleep(delay)
                 delay = min(cap, delay * 2)
+        if leftovers:
+            await self._abort_leftovers(name)
         state = self._state / key
         state.mkdir(parents=True, exist_ok=True)
-        (state / _name(index)).touch()
+        (state / _name(index)).write_text(str(stored))
         self._settle((key, index))
+        await self._purge_tail(key)
         if length:  # an empty segment has nothing worth caching
             self._cached[(key, index)] = length
             self._cached_bytes += length
             self._evict()
         self._maybe_retire(key)
         log.debug("s3_uploaded key=%s segment=%d bytes=%d", key, index, length)
+
+    async def _abort_leftovers(self, name: str) -> None:
+        """Abort the unfinished multipart uploads of a segment just stored (the
+        name covers its .crc too). Best effort: delete_prefix finds any left."""
+        try:
+            if count := await self._objects.abort_uploads(name):
+                log.info("s3_aborted_leftovers name=%s uploads=%d", name, count)
+        except (StorageUnavailable, NotFound) as exc:
+            log.warning("s3_abort_leftovers_failed name=%s error=%s", name, exc.message)
+
+    # -- the JetStream tail ----------------------------------------------------------------
+
+    async def _purge_tail(self, key: str) -> None:
+        """Drop from JetStream the segments the bucket now holds, but only from
+        the first on: the first byte JetStream keeps is where the bucket's
+        unbroken run of segments ends (a node taking over relies on it). A
+        failed purge is retried by the next."""
+        if self.tail is None:
+            return
+        sealed = self._sealed.get(key, 0)
+        while self._uploaded(key, sealed):
+            sealed += 1
+        self._sealed[key] = sealed
+        try:
+            await self.tail.purge(key, sealed * self._segment_bytes)
+        except WeftError as exc:
+            log.warning("tail_purge_failed key=%s error=%s", key, exc.message)
+
+    async def _drop_tail(self, key: str) -> None:
+        if self.tail is None:
+            return
+        try:
+            await self.tail.delete(key)
+        except WeftError as exc:  # its messages stay; the key is never used again
+            log.warning("tail_delete_failed key=%s error=%s", key, exc.message)
+
+    def _mirrored(self, key: str) -> bool:
+        return os.path.exists(f"{self._root}/{key}") or self._retired(key)
+
+    def _finished(self, key: str) -> bool:
+        return os.path.exists(f"{self._state}/{key}/{FINISHED}") or self._retired(key)
 
     # -- the local cache -----------------------------------------------------------------
 
@@ -411,11 +695,15 @@ class TieredSegmentStore:
                 if any(slot[0] == key for slot in self._reading):
                     self._deferred.add(key)
                 return
+            stored = await anyio.to_thread.run_sync(self._marked_bytes, key)
+            (self._state / key / STORED).write_text(str(stored))
             (self._state / key / RETIRED).write_text(str(size))
         except FileNotFoundError:  # deleted, or not every segment is up
             return
         await self._local.delete(key)
         await anyio.to_thread.run_sync(self._drop_markers, key)
+        self._sealed.pop(key, None)
+        await self._drop_tail(key)
         log.debug("s3_retired key=%s size=%d", key, size)
 
     def _busy(self, key: str) -> bool:
@@ -424,11 +712,50 @@ class TieredSegmentStore:
 
     def _local_size(self, key: str) -> int:
         """The stored size, from the local files, once every one has its marker."""
-        directory = self._root / key
-        names = sorted(p.name for p in directory.iterdir() if p.name.isdigit())
-        if not names or not all((self._state / key / name).exists() for name in names):
+        found = segment_files(self._root / key)
+        if not found or not all((self._state / key / _name(i)).exists() for i in found):
             raise FileNotFoundError(key)
-        return (len(names) - 1) * self._segment_bytes + (directory / names[-1]).stat().st_size
+        return (len(found) - 1) * self._segment_bytes + content_length(found[max(found)])
+
+    def _marked_bytes(self, key: str) -> int:
+        """The bytes of the stream's objects in the bucket, from the upload
+        markers (an empty marker, from before they held it: the segment's length)."""
+        total = 0
+        for index, path in segment_files(self._root / key).items():
+            text = (self._state / key / _name(index)).read_text().strip()
+            total += int(text) if text.isdigit() else content_length(path)
+        return total
+
+    async def stored_bytes(self, key: str) -> int:
+        """What the stream takes at rest: its objects in the bucket and the
+        segments not uploaded yet (a node with no copy lists the bucket)."""
+
+        def here() -> int | None:
+            state = self._state / key
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int((state / STORED).read_text())
+            try:
+                found = segment_files(self._root / key)
+            except FileNotFoundError:
+                return None
+            total = 0
+            for index, path in found.items():
+                try:
+                    text = (state / _name(index)).read_text().strip()
+                except FileNotFoundError:
+                    total += path.stat().st_size  # not uploaded: raw or compressed here
+                    continue
+                total += int(text) if text.isdigit() else content_length(path)
+            return total
+
+        total = await anyio.to_thread.run_sync(here)
+        if total is not None:
+            return total
+        listed = 0
+        async for item in self._objects.list_prefix(f"{key}/"):
+            if not item.key.endswith((SUFFIX, INDEX)):
+                listed += item.size
+        return listed
 
     def _drop_markers(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -456,11 +783,19 @@ class TieredSegmentStore:
 
     @staticmethod
     def _evict_file(path: Path) -> None:
-        """Free the segment's disk space but keep its length (a sparse file)."""
+        """Free the segment's disk space but keep its length (a sparse raw
+        file, also in place of a compressed one)."""
+        packed = Path(f"{path}{frames.SUFFIX}")
         try:
-            length = path.stat().st_size
-            os.truncate(path, 0)
-            os.truncate(path, length)
+            if packed.exists():
+                length = content_length(packed)
+                os.truncate(_touch(path), 0)
+                os.truncate(path, length)
+                packed.unlink()
+            else:
+                length = path.stat().st_size
+                os.truncate(path, 0)
+                os.truncate(path, length)
             Path(f"{path}{SUFFIX}").unlink(missing_ok=True)
         except FileNotFoundError:
             pass
@@ -468,14 +803,21 @@ class TieredSegmentStore:
     async def _restore(self, key: str, index: int) -> None:
         """Copy an evicted segment back from the bucket into its local file."""
         path = self._root / key / _name(index)
+        layout = await self._remote_layout(key, index)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             at = 0
-            async for chunk in self._objects.get_range(
-                f"{key}/{_name(index)}", 0, self._segment_bytes
-            ):
-                os.pwrite(fd, chunk, at)
-                at += len(chunk)
+            if isinstance(layout, FrameIndex):
+                for frame in layout.frames:
+                    chunk = await self._read_remote(key, index, at, at + frame.length)
+                    os.pwrite(fd, chunk, at)
+                    at += len(chunk)
+            else:
+                async for chunk in self._objects.get_range(
+                    f"{key}/{_name(index)}", 0, self._segment_bytes
+                ):
+                    os.pwrite(fd, chunk, at)
+                    at += len(chunk)
             os.ftruncate(fd, at)
         finally:
             os.close(fd)
@@ -488,29 +830,46 @@ class TieredSegmentStore:
         if retiring is not None:
             retiring.cancel()
         self._deferred.discard(key)
+        self._sealed.pop(key, None)
         for slot in [s for s in {*self._uploads, *self._pending} if s[0] == key]:
             self._cancel(slot)
         for slot in [s for s in self._cached if s[0] == key]:
             self._uncache(slot)
         for slot in [s for s in self._sums if s[0] == key]:
             del self._sums[slot]
+        self._ahead.forget(key)
         return cancelled
 
     # -- the bucket ----------------------------------------------------------------------
 
     async def _read_remote(self, key: str, index: int, start: int, end: int) -> bytes:
-        """Whole blocks by a ranged GET, each checked against the segment's checksums."""
+        """Whole blocks by a ranged GET, each checked against the segment's
+        checksums; a read that goes on where the last one ended fetches ahead."""
+        at = index * self._segment_bytes
+        ahead = self._ahead.take(key, index, start, end)
+        if ahead is not None:
+            self._ahead.read_to(key, at + start + len(ahead))
+            return ahead
         first, last = start // BLOCK, -(-end // BLOCK)
         base = first * BLOCK
         name = f"{key}/{_name(index)}"
         try:
-            sums = await self._remote_sums(key, index)
+            sums = await self._remote_layout(key, index)
+            if isinstance(sums, FrameIndex):
+                return await self._read_frames(key, index, sums, start, end)
             limit = min(last * BLOCK, self._segment_bytes)
+            sequential = self._ahead.sequential(key, at + start)
+            if sequential:
+                limit = min(max(limit, base + self._ahead.ahead), self._segment_bytes)
             raw = b"".join([c async for c in self._objects.get_range(name, base, limit)])
         except NotFound:
             return b""  # deleted meanwhile
-        good, bad = verify(sums, raw, first, last - first)
+        good, bad = verify(sums, raw, first, max(last - first, -(-len(raw) // BLOCK)))
         stop = min(end, base + good)
+        if stop > start:
+            self._ahead.read_to(key, at + stop)
+            if sequential and base + good > end:
+                self._ahead.keep(key, index, base, raw[:good])
         if stop <= start:
             if bad is None:
                 return b""
@@ -520,15 +879,54 @@ class TieredSegmentStore:
             )
         return raw[start - base : stop - base]
 
-    async def _remote_sums(self, key: str, index: int) -> Sums:
+    async def _read_frames(
+        self, key: str, index: int, found: FrameIndex, start: int, end: int
+    ) -> bytes:
+        """Content from start of a compressed segment in the bucket, up to the
+        end of the frame start is in (one frame fetched and decoded per read)."""
+        chosen = found.span(start, end)
+        if not chosen:
+            return b""
+        frame = chosen[0]
+        name = f"{key}/{_name(index)}{frames.SUFFIX}"
+        stored = b"".join(
+            [c async for c in self._objects.get_range(name, frame.at, frame.at + frame.stored)]
+        )
+        try:
+            content = await anyio.to_thread.run_sync(frames.decode_frame, frame, stored)
+        except BadFrames as exc:
+            at = index * self._segment_bytes + frame.start
+            raise CorruptBlock(
+                key, index, frame.start // BLOCK, at, str(exc), uncovered=False
+            ) from None
+        return content[start - frame.start : end - frame.start]
+
+    async def _remote_layout(self, key: str, index: int) -> Sums | FrameIndex:
+        """A remote segment's checksums (raw) or frame index (compressed),
+        whichever it has: the form the setting writes is looked for first.
+        Raises NotFound when it has neither."""
         slot = (key, index)
         sums = self._sums.get(slot)
         if sums is not None:
             self._sums.move_to_end(slot)
             return sums
-        name = f"{key}/{_name(index)}{SUFFIX}"
-        raw = b"".join([c async for c in self._objects.get_range(name, 0, 1 << 30)])
-        parsed = parse(raw)
+        name = f"{key}/{_name(index)}"
+        forms = [INDEX, SUFFIX] if self._local.compression == "zstd" else [SUFFIX, INDEX]
+        for form in forms:
+            try:
+                raw = b"".join([c async for c in self._objects.get_range(name + form, 0, 1 << 30)])
+                break
+            except NotFound:
+                if form == forms[-1]:
+                    raise
+        parsed: Sums | FrameIndex | None
+        if form == INDEX:
+            try:
+                parsed = frames.parse_footer(raw)
+            except BadFrames:
+                parsed = None
+        else:
+            parsed = parse(raw)
         if parsed is None:
             at = index * self._segment_bytes
             raise CorruptBlock(key, index, 0, at, "unreadable checksums", uncovered=False)

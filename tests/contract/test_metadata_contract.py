@@ -85,6 +85,20 @@ async def test_update_changes_only_the_same_incarnation(repo: MetadataRepo) -> N
     assert await repo.get("missing") is None
 
 
+async def test_update_writes_only_a_live_row_and_says_whether_it_did(repo: MetadataRepo) -> None:
+    # Two nodes finishing one stream: the second write must change nothing.
+    row = info("s")
+    await repo.insert(row, replace=False)
+    at = T0 + timedelta(seconds=1)
+    abandoned = row.with_changes(state=StreamState.ABANDONED, size=3, updated_at=at, finished_at=at)
+    assert await repo.update(abandoned) is True
+    late = abandoned.with_changes(state=StreamState.COMPLETE, size=9)
+    assert await repo.update(late) is False
+    assert await repo.get("s") == abandoned
+    assert await repo.update(row.with_changes(key="other")) is False
+    assert await repo.update(info("missing")) is False
+
+
 async def test_checkpoint_records_sizes_of_live_rows_of_that_incarnation(
     repo: MetadataRepo,
 ) -> None:
@@ -265,3 +279,69 @@ async def test_concurrent_replaces_of_one_id_all_succeed_one_after_another(
     assert len(set(previous)) == 9 and set(previous) < keys
     final = await repo.get("hot")
     assert final is not None and keys - set(previous) == {final.key}
+
+
+async def test_by_keys_finds_the_streams_of_those_keys(repo: MetadataRepo) -> None:
+    await repo.insert(info("a", key="ka"), replace=False)
+    await repo.insert(info("b", key="kb", state=StreamState.COMPLETE), replace=False)
+    await repo.insert(info("c", key="kc"), replace=False)
+    found = await repo.by_keys(["kb", "ka", "gone"])
+    assert sorted((row.id, row.key, row.state) for row in found) == [
+        ("a", "ka", StreamState.LIVE),
+        ("b", "kb", StreamState.COMPLETE),
+    ]
+    assert await repo.by_keys([]) == []
+
+
+async def test_total_size_sums_every_row(repo: MetadataRepo) -> None:
+    assert await repo.total_size() == 0
+    await repo.insert(info("a", size=2**40), replace=False)
+    await repo.insert(info("b", key="kb", size=7, state=StreamState.COMPLETE), replace=False)
+    assert await repo.total_size() == 2**40 + 7
+    await repo.checkpoint([("a", "k1", 5)])
+    assert await repo.total_size() == 12
+    await repo.delete("b")
+    assert await repo.total_size() == 5
+
+
+async def test_put_link_creates_then_repoints_keeping_created_at(repo: MetadataRepo) -> None:
+    later = T0 + timedelta(seconds=2, microseconds=9)
+    link, created = await repo.put_link("latest", "s1", T0)
+    assert created and (link.name, link.stream_id, link.created_at, link.updated_at) == (
+        "latest",
+        "s1",
+        T0,
+        T0,
+    )
+    moved, created = await repo.put_link("latest", "s2", later)
+    assert not created and (moved.stream_id, moved.created_at, moved.updated_at) == (
+        "s2",
+        T0,
+        later,
+    )
+    assert await repo.get_link("latest") == moved
+    assert await repo.get_link("other") is None
+
+
+async def test_links_list_by_name_with_a_stream_filter_and_a_cursor(repo: MetadataRepo) -> None:
+    for name, stream_id in [("b", "s1"), ("a", "s2"), ("Z", "s1"), ("c", "s1")]:
+        await repo.put_link(name, stream_id, T0)
+    names = [link.name for link in await repo.links()]
+    assert names == ["Z", "a", "b", "c"]  # byte order, as the cursor compares
+    assert [link.name for link in await repo.links(stream_id="s1")] == ["Z", "b", "c"]
+    assert [link.name for link in await repo.links(stream_id="s1", after="Z", limit=1)] == ["b"]
+    assert [link.name for link in await repo.links(after="c")] == []
+
+
+async def test_delete_link_says_whether_there_was_one(repo: MetadataRepo) -> None:
+    await repo.put_link("x", "s", T0)
+    assert await repo.delete_link("x") is True
+    assert await repo.delete_link("x") is False
+    assert await repo.get_link("x") is None
+
+
+async def test_concurrent_first_puts_of_one_link_all_succeed(repo: MetadataRepo) -> None:
+    results = await asyncio.gather(*(repo.put_link("hot", f"s{n}", T0) for n in range(8)))
+    assert sum(created for _, created in results) == 1
+    final = await repo.get_link("hot")
+    assert final is not None and final.stream_id in {f"s{n}" for n in range(8)}

@@ -17,20 +17,17 @@ from app.storage.metadata import Base, SqlMetadataRepo
 from app.storage.migrate import BASELINE
 from app.streams.models import StreamState
 from tests.contract.test_metadata_contract import info
-from tests.pg import PG_URL, new_namespace, require_pg
+from tests.pg import fresh_database
 
-HEAD = "0001"
+HEAD = "0005"
+TABLES = {"streams", "leases", "secrets", "hook_outbox", "links", "alembic_version"}
 RepoFactory = Callable[[], SqlMetadataRepo]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def make_repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RepoFactory]:
     """Repositories on one fresh, empty database (one new schema on PostgreSQL)."""
-    if request.param == "sqlite":
-        url, namespace = f"sqlite+aiosqlite:///{tmp_path / 'weft.db'}", "weft"
-    else:
-        require_pg()
-        url, namespace = PG_URL, new_namespace()
+    url, namespace = fresh_database(request.param, tmp_path)
     made: list[SqlMetadataRepo] = []
 
     def make() -> SqlMetadataRepo:
@@ -67,9 +64,9 @@ async def test_migrations_produce_exactly_the_models_schema(make_repo: RepoFacto
     await repo.start()
     async with repo.engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
-    assert await _tables_and_version(repo) == ({"streams", "alembic_version"}, HEAD)
+    assert await _tables_and_version(repo) == (TABLES, HEAD)
     await repo.start()  # nothing pending: a no-op
-    assert await _tables_and_version(repo) == ({"streams", "alembic_version"}, HEAD)
+    assert await _tables_and_version(repo) == (TABLES, HEAD)
 
 
 async def test_repositories_starting_together_on_an_empty_database_all_come_up(
@@ -134,7 +131,7 @@ async def test_a_database_made_before_migrations_is_adopted_and_keeps_its_rows(
 
     repo = make_repo()
     await repo.start()
-    assert await _tables_and_version(repo) == ({"streams", "alembic_version"}, HEAD)
+    assert await _tables_and_version(repo) == (TABLES, HEAD)
     async with repo.engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
     row = await repo.get("old")

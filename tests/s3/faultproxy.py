@@ -1,7 +1,8 @@
 """A tiny HTTP proxy in front of the test S3 server that injects faults: answer 503
 SlowDown, hold a request past the client's timeout, or cut a response body short,
-each for the next N requests. One request per connection (it forces
-``Connection: close`` both ways), which is all a fault test needs."""
+each for the next N requests; or send request bodies up slowly. One request per
+connection (it forces ``Connection: close`` both ways), which is all a fault test
+needs."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ class FaultProxy:
         self.delay_seconds = 0.0
         self.cut_next = 0  # close this many responses after cut_after body bytes
         self.cut_after = 0
+        self.upload_rate = 0  # bytes per second a request body may go up at; 0: no limit
         self.requests: list[str] = []  # "METHOD path" of every request received
         self.faults = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # both sides of every connection
 
     @property
     def endpoint_url(self) -> str:
@@ -41,15 +44,30 @@ class FaultProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # A connection accepted just before the close gets its transport (and
+            # its task) a few loop turns later: wait for those too, or their
+            # sockets outlive the loop (an unclosed-transport ResourceWarning).
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Whatever a cancelled task left open closes now, and its close
+            # completes on this loop before the loop stops.
+            for writer in self._writers:
+                writer.transport.abort()
+            await asyncio.sleep(0.05)
             await self._server.wait_closed()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track(writer)
         task = asyncio.create_task(self._handle(reader, writer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _track(self, writer: asyncio.StreamWriter) -> None:
+        self._writers = {w for w in self._writers if not w.transport.is_closing()}
+        self._writers.add(writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -113,18 +131,22 @@ class FaultProxy:
         kept = [line for line in lines[1:] if line and not line.lower().startswith("connection:")]
         head = "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1")
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._track(up_writer)
         try:
             up_writer.write(head)
 
             async def upload() -> None:
                 remaining = length
                 while remaining > 0:
-                    data = await reader.read(min(remaining, 1 << 20))
+                    piece = 1 << 16 if self.upload_rate else 1 << 20
+                    data = await reader.read(min(remaining, piece))
                     if not data:
                         return
                     remaining -= len(data)
                     up_writer.write(data)
                     await up_writer.drain()
+                    if self.upload_rate:  # a slow link: uploads stay in flight a while
+                        await asyncio.sleep(len(data) / self.upload_rate)
 
             sending = asyncio.create_task(upload())
             try:

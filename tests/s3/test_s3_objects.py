@@ -3,6 +3,7 @@ injected by tests/s3/faultproxy.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -16,6 +17,7 @@ import botocore.session
 import pytest
 
 from app.errors import ConfigError, NotFound, StorageUnavailable
+from app.storage import s3_objects
 from app.storage.s3_objects import READ_CONNECTIONS, S3ObjectStore, S3Settings
 from tests.s3.faultproxy import FaultProxy
 from tests.s3server import S3Server
@@ -194,6 +196,30 @@ async def test_throttling_and_5xx_are_retried(
         assert await read_all(store, "retried", 0, len(data)) == data
 
 
+async def test_retries_back_off_exponentially_up_to_the_cap(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Full jitter draws each pause from [0, min(max, base × 2^attempt)]: take the
+    # top of every range to see the ranges themselves.
+    monkeypatch.setattr(s3_objects.random, "uniform", lambda low, high: high)
+    pauses: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded(delay: float, *args: Any) -> Any:
+        if delay > 0:
+            pauses.append(delay)
+        return await sleep(delay, *args)
+
+    monkeypatch.setattr(s3_objects.asyncio, "sleep", recorded)
+    settings = settings_for(
+        s3_server, proxy.endpoint_url, backoff_base_seconds=0.01, backoff_max_seconds=0.05
+    )
+    async with S3ObjectStore(s3_bucket, settings) as store:
+        proxy.fail_next = 5
+        await store.put_object_multipart("paced", b"abc")
+    assert pauses == pytest.approx([0.01, 0.02, 0.04, 0.05, 0.05])
+
+
 async def test_timeouts_are_retried(s3_server: S3Server, s3_bucket: str, proxy: FaultProxy) -> None:
     settings = settings_for(s3_server, proxy.endpoint_url, timeout_seconds=0.3)
     async with S3ObjectStore(s3_bucket, settings) as store:
@@ -203,6 +229,35 @@ async def test_timeouts_are_retried(s3_server: S3Server, s3_bucket: str, proxy: 
         info = await store.put_object_multipart("slow", [b"abc"])
         assert (info.size, proxy.faults) == (3, 2)
         assert await read_all(store, "slow", 0, 3) == b"abc"
+
+
+async def test_a_part_refused_after_its_body_went_is_sent_whole_again(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """The proxy reads each body before its 503: every retry must send the part
+    from its start again (a single PUT, then an UploadPart)."""
+    small, large = os.urandom(PART - 1), os.urandom(2 * PART + 1)
+    async with S3ObjectStore(s3_bucket, settings_for(s3_server, proxy.endpoint_url)) as store:
+        proxy.fail_next = 2
+        await store.put_object_multipart("small", small)
+        assert proxy.faults == 2
+        assert await read_all(store, "small", 0, len(small)) == small
+
+        async def refused_once_created() -> AsyncIterator[bytes]:
+            pulled, armed = 0, False
+            async for piece in pieces(large):
+                if pulled >= PART and not armed:
+                    # Pulled for the second part: the first one is read and
+                    # CreateMultipartUpload answered, so the next request is a part.
+                    proxy.fail_next, armed = 1, True
+                pulled += len(piece)
+                yield piece
+
+        await store.put_object_multipart("large", refused_once_created())
+        assert proxy.faults == 3
+        uploads = [r for r in proxy.requests if "partNumber=" in r]
+        assert len(uploads) == 4  # three parts, one of them twice
+        assert await read_all(store, "large", 0, len(large)) == large
 
 
 async def test_a_read_cut_short_resumes_where_it_stopped(

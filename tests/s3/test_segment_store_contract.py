@@ -28,12 +28,20 @@ PREFIX = "pre/ns"
 
 
 def tiered(
-    root: Path, server: S3Server, bucket: str, endpoint_url: str | None = None, **kw: Any
+    root: Path,
+    server: S3Server,
+    bucket: str,
+    endpoint_url: str | None = None,
+    compression: str = "none",
+    **kw: Any,
 ) -> TieredSegmentStore:
     options: dict[str, Any] = {"cache_bytes": 0, "max_pending_bytes": 1 << 30}
     options.update(kw)
+    local = LocalSegmentStore(
+        root / "segments", segment_bytes=SEG, compression=compression, compress_sealed=False
+    )
     return TieredSegmentStore(
-        LocalSegmentStore(root / "segments", segment_bytes=SEG),
+        local,
         S3ObjectStore(bucket, settings_for(server, endpoint_url, retries=2), PREFIX),
         local_root=root / "segments",
         state_root=root / "s3",
@@ -42,15 +50,19 @@ def tiered(
     )
 
 
-@pytest.fixture(params=["local", "tiered"])
+# "-zstd": the same contract with compression: zstd (issue 12).
+@pytest.fixture(params=["local", "tiered", "local-zstd", "tiered-zstd"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SegmentStore]:
     implementation: SegmentStore
-    if request.param == "local":
-        implementation = LocalSegmentStore(tmp_path / "segments", segment_bytes=SEG)
+    kind, _, compression = str(request.param).partition("-")
+    if kind == "local":
+        implementation = LocalSegmentStore(
+            tmp_path / "segments", segment_bytes=SEG, compression=compression or "none"
+        )
     else:
         server = request.getfixturevalue("s3_server")
         bucket = request.getfixturevalue("s3_bucket")
-        implementation = tiered(tmp_path, server, bucket)
+        implementation = tiered(tmp_path, server, bucket, compression=compression or "none")
     await implementation.start()
     try:
         yield implementation
@@ -89,7 +101,7 @@ async def read_all(store: SegmentStore, key: str, offset: int = 0, limit: int = 
 
 
 async def settled(store: SegmentStore) -> None:
-    if isinstance(store, TieredSegmentStore):
+    if isinstance(store, TieredSegmentStore | LocalSegmentStore):
         await store.settled()
 
 
@@ -196,9 +208,12 @@ async def test_full_segments_go_to_the_bucket_and_leave_the_disk(
         got = raw.get_object(Bucket=s3_bucket, Key=f"{PREFIX}/k/00000002")["Body"].read()
         assert got == data[2 * SEG :]
         # Finished and all in the bucket: nothing of it is left on local disk but
-        # the marker that holds its size.
+        # the markers that hold its size and the bytes of its objects (issue 12).
         assert not (tmp_path / "segments" / "k").exists()
-        assert sorted(p.name for p in (tmp_path / "s3" / "k").iterdir()) == ["finished", "retired"]
+        markers = tmp_path / "s3" / "k"
+        assert sorted(p.name for p in markers.iterdir()) == ["finished", "retired", "stored"]
+        assert (markers / "stored").read_text() == str(len(data))
+        assert await store.stored_bytes("k") == len(data)
         assert await store.size("k") == len(data)
         assert await read_all(store, "k") == data  # ranged GETs
         await store.delete("k")

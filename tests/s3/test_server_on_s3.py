@@ -6,11 +6,10 @@ bucket, so every read of stored data here is a ranged GET."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import botocore.session
 import httpx
 import pytest
 
@@ -26,57 +25,9 @@ from tests.e2e.helpers import (
 from tests.e2e.test_config import run_app, write_config
 from tests.e2e.test_disk_full import info, pattern, produce_until_refused
 from tests.e2e.test_integrity import verify
-from tests.s3.faultproxy import FaultProxy, ProxyThread
-from tests.s3server import S3Server
+from tests.s3.conftest import PREFIX, SEG, MiB
+from tests.s3.faultproxy import FaultProxy
 from tests.server import ServerProcess
-
-MiB = 1024 * 1024
-SEG = 5 * MiB
-PREFIX = "pre/e2e/"  # s3://BUCKET/pre with namespace e2e
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    thread = ProxyThread(s3_server.port)
-    yield thread.proxy
-    thread.close()
-
-
-@pytest.fixture
-def raw(s3_server: S3Server) -> Iterator[Any]:
-    client = botocore.session.get_session().create_client("s3", **s3_server.client_kwargs())
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def s3_weft(
-    server_factory: Callable[..., ServerProcess],
-    s3_server: S3Server,
-    s3_bucket: str,
-    proxy: FaultProxy,
-) -> Callable[..., ServerProcess]:
-    def start(cache_bytes: int = 0, **s3: Any) -> ServerProcess:
-        settings: dict[str, Any] = {
-            "endpoint_url": proxy.endpoint_url,
-            "region": s3_server.region,
-            "access_key_id": s3_server.access_key_id,
-            "secret_access_key": s3_server.secret_access_key,
-            "part_bytes": SEG,
-            "retries": 2,
-            "timeout": 5,
-            "max_backoff": 0.05,
-        }
-        settings.update(s3)
-        return server_factory(
-            store_url=f"s3://{s3_bucket}/pre",
-            namespace="e2e",
-            segment_bytes=SEG,
-            cache_bytes=cache_bytes,
-            s3=settings,
-        )
-
-    return start
 
 
 def objects(raw: Any, bucket: str) -> dict[str, int]:
@@ -137,6 +88,31 @@ def test_a_stream_of_several_segments_is_served_from_the_bucket(
         assert client.delete("/stream/big").status_code == 204
         assert client.get("/stream/big").status_code == 404
         wait_for(lambda: objects(raw, s3_bucket) == {}, "the stream's objects to go")
+
+
+def test_a_replay_from_the_bucket_reads_ahead_in_few_gets_and_a_range_reads_only_its_own(
+    s3_weft: Callable[..., ServerProcess], raw: Any, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    server = s3_weft()
+    data = pattern(3 * SEG + 1234, seed=9)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/stream/ahead", content=data).status_code == 201
+        wait_for(lambda: len(segments(raw, s3_bucket)) == 4, "four segment objects")
+        root = server.workdir / "data" / "segments"
+        wait_for(lambda: not [p for p in root.iterdir() if p.is_dir()], "the local files to go")
+
+        def segment_gets() -> int:
+            return sum(1 for r in proxy.requests if r.startswith("GET ") and r[-8:].isdigit())
+
+        before = segment_gets()
+        assert client.get("/stream/ahead").content == data
+        # 1 MiB reads: 16 GETs one by one; reading 4 MiB ahead, 2 per 5 MiB segment.
+        assert segment_gets() - before <= 8, proxy.requests[-20:]
+        before = segment_gets()
+        # A range the replay's windows do not hold: one GET, of its own blocks.
+        ranged = client.get("/stream/ahead", headers={"Range": "bytes=10-20"})
+        assert ranged.status_code == 206 and ranged.content == data[10:21]
+        assert segment_gets() - before == 1
 
 
 def test_a_live_tail_crosses_a_segment_that_went_to_the_bucket(

@@ -10,9 +10,11 @@ import pytest
 
 from app.config import Settings, load_settings
 from app.errors import ConfigError
-from app.storage.factory import build_hub, build_repo, check_urls, tail_scheme
+from app.storage.factory import build_hub, build_leases, build_repo, check_urls, tail_scheme
 from app.storage.memory_hub import MemoryHub
+from app.storage.memory_leases import MemoryLeases
 from app.storage.nats_hub import NatsHub
+from app.storage.sql_leases import SqlLeases
 
 
 def settings(**values: Any) -> Settings:
@@ -133,3 +135,16 @@ def test_s3_settings_have_the_spec_defaults() -> None:
     assert (s3.part_bytes, s3.retries, s3.max_pending_bytes) == (8 << 20, 8, 1 << 30)
     assert Settings().cache_bytes == 1 << 30
     assert "hunter2" not in repr(settings(s3={"secret_access_key": "hunter2"}))
+
+
+async def test_leases_live_in_postgresql_and_in_process_on_sqlite(tmp_path: Any) -> None:
+    for url, kind in [
+        (f"sqlite+aiosqlite:///{tmp_path / 'w.db'}", MemoryLeases),
+        ("postgresql+asyncpg://postgres@127.0.0.1:5432/test", SqlLeases),
+    ]:
+        s = settings(database_url=url)
+        repo = build_repo(s)  # no connection is made until it is used
+        try:
+            assert isinstance(build_leases(s, repo), kind)
+        finally:
+            await repo.close()
