@@ -1,88 +1,18 @@
 """``python -m app [--config PATH] [--host HOST] [--port PORT]`` (also the ``weft``
 command); ``python -m app verify [--config PATH] [ID...]`` (app/verify.py);
 ``python -m app migrate [--config PATH]`` applies pending schema migrations and exits;
-``python -m app tail URL ID`` and ``python -m app ls URL`` read a server (app/cli/)."""
+``python -m app tail URL ID`` and ``python -m app ls URL`` read a server (app/cli/).
+
+Only the chosen command's modules are imported: the clients start in a fraction
+of the time the server's imports (FastAPI, SQLAlchemy, botocore) take."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import gc
-import ipaddress
-import logging
-import resource
-import signal
 import sys
-from types import FrameType
-
-import uvicorn
-from sqlalchemy.exc import SQLAlchemyError
-
-from app import verify
-from app.api.protocol import SHUTDOWN_GRACE, WeftHttpProtocol
-from app.config import load_settings
-from app.errors import ConfigError
-from app.logs import configure_logging
-from app.main import create_app
-from app.storage.factory import build_repo, check_urls
-
-log = logging.getLogger("weft")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _raise_fd_limit() -> None:
-    """Every stream's producer, reader and files hold descriptors; a default soft
-    limit of 1024 would cap a server at a few hundred live streams."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def migrate(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="weft migrate", description="Apply pending schema migrations without serving"
-    )
-    parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-        check_urls(settings)
-    except ConfigError as exc:
-        print(f"weft: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
-
-    async def run() -> None:
-        repo = build_repo(settings)
-        try:
-            await repo.start()
-        finally:
-            await repo.close()
-
-    try:
-        asyncio.run(run())
-    except (SQLAlchemyError, OSError) as exc:
-        # The driver's message names host and port, never the password.
-        print(f"weft: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print("weft: the database schema is up to date")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["verify"]:
-        return verify.main(argv[1:])
-    if argv[:1] == ["migrate"]:
-        return migrate(argv[1:])
     if argv[:1] == ["tail"]:
         from app.cli import tail
 
@@ -91,51 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         from app.cli import ls
 
         return ls.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="weft", description="Weft live stream server")
-    parser.add_argument("--config", help="YAML config file (default: the repository's config.yaml)")
-    parser.add_argument("--host", help="address to listen on (overrides the config)")
-    parser.add_argument("--port", type=int, help="port to listen on (overrides the config)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config, host=args.host, port=args.port)
-        check_urls(settings)
-    except ConfigError as exc:
-        print(f"weft: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
-    _raise_fd_limit()
-    # Every chunk allocates a few short-lived objects; with thousands of
-    # connections the default thresholds run full collections often enough to
-    # stall every stream for tens of milliseconds.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    if not settings.tokens and not _loopback(settings.host):
-        log.warning(
-            "no tokens configured: the API is open to anyone who can reach %s", settings.host
-        )
-    # uvicorn stops gracefully on SIGTERM and SIGINT, then raises the signal
-    # again for the previous handler: a stop asked for is a clean exit (0), not
-    # death by signal or a KeyboardInterrupt traceback.
-    for stop in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop, _exit_quietly)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
-        access_log=False,  # AccessLog logs requests without secrets
-        http=WeftHttpProtocol.configured(settings.http),
-        h11_max_incomplete_event_size=settings.limits.header_bytes,
-        # WeftHttpProtocol.shutdown ends requests first; this only catches a task
-        # that ignores its disconnect.
-        timeout_graceful_shutdown=SHUTDOWN_GRACE + 1,
-    )
-    return 0
+    from app import serve
 
-
-def _exit_quietly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+    return serve.main(argv)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
 
 from app.config import Scope, TokenSpec
 from app.errors import Forbidden, Unauthorized
+from app.storage.base import MetadataRepo
 from app.streams.models import parse_count
+
+SIGNING_KEY = "signing_key"  # its name among the database's shared secrets
 
 
 class Authenticator:
@@ -92,21 +94,16 @@ class Signer:
             raise Forbidden("This share link has expired.")
 
 
-def load_signing_key(configured: str | None, data_dir: Path) -> bytes:
-    """The configured key, or one generated once and kept in data_dir so links
-    survive restarts without any configuration."""
+async def load_signing_key(configured: str | None, data_dir: Path, repo: MetadataRepo) -> bytes:
+    """The configured key, or the one in the database, made by the first node to
+    start, so that a link made on one node works on all (SPEC §12.2). A key an
+    earlier version generated into data_dir/signing.key is the one stored, if
+    the database has none yet: the links made with it keep working."""
     if configured:
         return configured.encode()
-    path = data_dir / "signing.key"
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    key = secrets.token_hex(32).encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as file:
-        file.write(key)
-    return key
+        candidate = (data_dir / "signing.key").read_bytes().decode()  # exactly, as it signed
+    except (FileNotFoundError, UnicodeDecodeError):
+        candidate = ""
+    stored = await repo.shared_secret(SIGNING_KEY, candidate or secrets.token_hex(32))
+    return stored.encode()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import ConfigError
 
@@ -38,6 +38,8 @@ class Limits(_Strict):
     stream_bytes: int | None = Field(None, gt=0)
     header_bytes: int = Field(64 * 1024, ge=16 * 1024)
     min_free_bytes: int = Field(64 * 1024 * 1024, ge=0)  # 0: no free-space check
+    # Quota on the sum of every stream's size (app/streams/quota.py); None: no quota.
+    total_bytes: int | None = Field(None, gt=0)
 
 
 class Http(_Strict):
@@ -73,6 +75,51 @@ class S3(_Strict):
     max_backoff: float = Field(10, gt=0)
 
 
+class Nats(_Strict):
+    """SPEC §12.2: the JetStream tail of live streams (tail_url nats://)."""
+
+    # Copies JetStream keeps of every tail (3 on a three-server cluster survives one's loss).
+    replicas: int = Field(1, ge=1, le=5)
+    # JetStream streams the tails are spread over (by a hash of the storage key);
+    # the same on every node, and not changed while tails are live.
+    tail_shards: int = Field(4, ge=1, le=64)
+
+
+HookEvent = Literal["pre-create", "post-create", "post-complete", "post-abandon", "post-delete"]
+
+
+class Hook(_Strict):
+    """A webhook receiver (README "Webhooks"). The secret signs every call and
+    is never logged or shown (repr=False)."""
+
+    url: str
+    events: tuple[HookEvent, ...] = Field(min_length=1)
+    secret: str = Field(min_length=1, repr=False)
+    # Seconds one call may take (connect and answer).
+    timeout: float = Field(5, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        scheme, _, rest = url.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in url):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url
+
+
+class HookDelivery(_Strict):
+    """Retries of post-* deliveries: exponential backoff from min_backoff, with
+    jitter, up to max_backoff; a delivery still failing give_up_after seconds
+    after its event is dropped (logged)."""
+
+    min_backoff: float = Field(1.0, gt=0)
+    max_backoff: float = Field(300, gt=0)
+    # Seconds between looks at the outbox for deliveries other nodes wrote.
+    poll_interval: float = Field(1.0, gt=0)
+    give_up_after: float = Field(3 * 86400, gt=0)
+
+
 class TokenSpec(_Strict):
     token: str = Field(min_length=1)
     scopes: tuple[Scope, ...] = ALL_SCOPES
@@ -91,6 +138,13 @@ class Settings(_Strict):
     signing_key: str | None = None
     tail_timeout: float = Field(0, ge=0)
     abandon_after: float = Field(600, gt=0)
+    # Seconds a producer lease lasts unless renewed (every lease_ttl/3): how long
+    # a dead node's live streams wait before another node may take them over.
+    lease_ttl: float = Field(10, gt=0)
+    # Seconds without a byte after which a producer's request is ended when
+    # another request resumes its stream, on any node (a half-open connection);
+    # a producer that sent a byte more recently keeps the stream (409).
+    handoff_idle: float = Field(2.0, ge=0)
     segment_bytes: int = Field(64 * 1024 * 1024, ge=4096)
     checkpoint_interval: float = Field(1.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -100,8 +154,23 @@ class Settings(_Strict):
     http: Http = Http()
     retention: Retention = Retention()
     s3: S3 = S3()
+    nats: Nats = Nats()
     # Local read cache of segments already in the bucket (store_url s3://).
     cache_bytes: int = Field(1024 * MiB, ge=0)
+    # Sealed segments and finished streams stored as zstd frames (issue 12); reads
+    # take either form, so data written with one setting stays readable with the other.
+    compression: Literal["none", "zstd"] = "none"
+    hooks: tuple[Hook, ...] = ()
+    hook_delivery: HookDelivery = HookDelivery()
+
+    @field_validator("hooks")
+    @classmethod
+    def _distinct_hook_urls(cls, hooks: tuple[Hook, ...]) -> tuple[Hook, ...]:
+        # A delivery waiting in the outbox names its hook by its URL.
+        urls = [hook.url for hook in hooks]
+        if len(urls) != len(set(urls)):
+            raise ValueError("two hooks have the same url")
+        return hooks
 
     @property
     def resolved_database_url(self) -> str:

@@ -47,6 +47,14 @@ class NotFound(WeftError):
     message = "Not found."
 
 
+class LinkNotFound(NotFound):
+    def __init__(self, name: str, stream_id: str | None = None):
+        if stream_id is None:
+            super().__init__(f"The link {name} does not exist.")
+        else:  # the link is there, the stream it names is not (app/streams/links.py)
+            super().__init__(f"The link {name} points at stream {stream_id}, which does not exist.")
+
+
 class MethodNotAllowed(WeftError):
     status = 405
     message = "Method not allowed."
@@ -119,6 +127,26 @@ class StreamBusy(Conflict):
         super().__init__(f"The stream with ID {stream_id} already has a producer writing to it.")
 
 
+class ProducerReplaced(StreamBusy):
+    """An idle producer's request ended because another request resumed its
+    stream (possibly through another node): tusd's lock exchange."""
+
+    def __init__(self, stream_id: str):
+        Conflict.__init__(
+            self,
+            f"Another request resumed the stream with ID {stream_id}; this one was ended. "
+            "HEAD gives the stored offset.",
+        )
+
+
+class Fenced(Conflict):
+    """The tail store refused an append because someone else appended since
+    this writer last did (a node that took the stream over): this writer can
+    never append again."""
+
+    message = "Another node has taken over writing this stream; this writer may not append."
+
+
 class OffsetMismatch(Conflict):
     def __init__(self, stream_id: str, size: int):
         super().__init__(
@@ -151,6 +179,17 @@ class StorageUnavailable(NotReady):
     """A write to the database or the disk failed for a reason other than space."""
 
     message = "The server could not save the change; nothing was changed, try again."
+
+
+class LeaseLost(NotReady):
+    """This node no longer holds the stream's producer lease (another node took
+    it over, or it could not be renewed in time): the bytes were not stored."""
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(
+            f"This server no longer holds the stream {stream_id} for writing; nothing was "
+            "stored, resume from its Upload-Offset."
+        )
 
 
 class InsufficientStorage(WeftError):

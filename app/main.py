@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import docs, health, manage, spy, streams, tus, ui
+from app.api import docs, health, links, manage, spy, streams, tus, ui
 from app.api.access import AccessLog
 from app.api.errors import install_error_handlers
 from app.api.openapi import install_openapi
@@ -15,9 +16,21 @@ from app.api.paths import EncodedSlashGuard
 from app.api.produce import ProduceEndpoint, ProduceRoute
 from app.auth import Authenticator, Signer, load_signing_key
 from app.config import Settings, load_settings
+from app.hooks import Hooks
 from app.metrics import Metrics
-from app.storage.factory import build_backends, build_space
+from app.storage.factory import (
+    build_backends,
+    build_leases,
+    build_outbox,
+    build_space,
+    database_driver,
+    store_scheme,
+    tail_scheme,
+)
+from app.streams.links import LinkBook
 from app.streams.service import StreamService
+
+log = logging.getLogger("weft")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,6 +39,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store, repo, hub = build_backends(settings)
+        hooks = Hooks(
+            settings.hooks,
+            policy=settings.hook_delivery,
+            outbox=build_outbox(repo),
+            node_id=settings.resolved_node_id,
+            metrics=metrics,
+        )
         service = StreamService(
             settings=settings,
             store=store,
@@ -33,14 +53,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub=hub,
             metrics=metrics,
             space=build_space(settings),
+            leases=build_leases(settings, repo),
+            node_id=settings.resolved_node_id,
+            pre_create=hooks.pre_create if settings.hooks else None,
         )
         await hub.start()
         await service.start()
+        await hooks.start()
         app.state.service = service
-        app.state.signer = Signer(load_signing_key(settings.signing_key, settings.data_dir))
+        app.state.links = LinkBook(repo)
+        app.state.signer = Signer(
+            await load_signing_key(settings.signing_key, settings.data_dir, repo)
+        )
+        log.info(
+            "weft_started node_id=%s database=%s store=%s tail=%s namespace=%s",
+            settings.resolved_node_id,
+            database_driver(settings),
+            store_scheme(settings),
+            tail_scheme(settings),
+            settings.namespace,
+        )
         try:
             yield
         finally:
+            await hooks.close()
             await service.close()
 
     app = FastAPI(
@@ -50,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # app.api.docs serves it with local assets
         redoc_url=None,
     )
-    metrics = Metrics()
+    metrics = Metrics(node_id=settings.resolved_node_id)
     app.state.settings = settings
     app.state.auth = Authenticator(settings.token_specs())
     install_error_handlers(app)
@@ -62,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(spy.router)
     app.include_router(tus.router)
     app.include_router(manage.router)
+    app.include_router(links.router)
     app.include_router(health.router)
     app.include_router(ui.router)
     app.include_router(docs.router)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import tests.server
 from tests.nats_env import drop_session_streams
 from tests.pg import drop_session_namespaces
+from tests.rerun import Rerun
 from tests.s3server import S3Server, find_weed
 from tests.server import ServerProcess
 
@@ -33,6 +35,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if Rerun.wanted(items):
+        Rerun.start(Path(tempfile.mkdtemp(prefix="weft-rerun-")))
     if tests.server.DATABASE == "sqlite":
         return
     skip = pytest.mark.skip(
@@ -44,6 +48,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    Rerun.stop()  # a session cut short (-x, Ctrl-C) does not leave it running
     drop_session_namespaces()
     drop_session_streams()
 

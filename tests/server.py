@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ class ServerProcess:
         self.workdir = workdir
         self.config: dict[str, Any] = {"data_dir": str(workdir / "data"), "log_level": "info"}
         self.config.update(config or {})
+        # One node across restarts, as a node on a fixed port is: the default
+        # (host name and port) would change from port 0 to the port picked, and
+        # a restarted node would wait out its own leases as another node's.
+        self.config.setdefault("node_id", f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
         if DATABASE == "postgresql" and "database_url" not in self.config:
             require_pg()
             self.config["database_url"] = PG_URL

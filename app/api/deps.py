@@ -48,6 +48,13 @@ async def authorize_stream(request: Request, stream_id: str, *scopes: Scope) -> 
     )
 
 
+def caller_scopes(request: Request) -> frozenset[str]:
+    """The scopes of the request's token (already authorized): what a pre-create
+    webhook is told of the caller, never the token itself."""
+    authenticator: Authenticator = request.app.state.auth
+    return authenticator.scopes_for(request.headers.get("authorization"))
+
+
 def require_read(request: Request) -> None:
     authorize(request, "read")
 

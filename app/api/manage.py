@@ -17,7 +17,7 @@ from app.api.openapi import (
     SHARE_LINK,
     STATE,
     ShareLink,
-    StreamInfoBody,
+    StreamDetailBody,
     StreamList,
     errors,
     in_header,
@@ -47,13 +47,13 @@ def share_ttl(body: Any) -> float:
 
 @router.get(
     "/streams/{stream_id}",
-    response_model=StreamInfoBody,
+    response_model=StreamDetailBody,
     responses=errors(400, 401, 403, 404),
     openapi_extra=params(*SHARE_LINK),
 )
 async def stream_info(stream_id: str, service: ServiceDep, _auth: StreamReadAuth) -> JSONResponse:
     info = await service.info(stream_id)
-    return JSONResponse(info.to_json())
+    return JSONResponse(info.to_json() | {"stored_bytes": await service.stored_bytes(info)})
 
 
 @router.get(

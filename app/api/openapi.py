@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from app.streams.models import ID_RULE
+from app.streams.models import ID_RULE, LINK_RULE
 
 REF = "#/components/schemas/"
 MAX_COUNT = 2**63 - 1
@@ -30,6 +30,14 @@ STREAM_ID: dict[str, Any] = {
     "type": "string",
     "pattern": r"^[A-Za-z0-9_~:@-][A-Za-z0-9._~:@-]{0,199}$",
     "description": ID_RULE,
+}
+
+LINK_NAME: dict[str, Any] = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The link's name.",
+    "schema": {"type": "string", "pattern": STREAM_ID["pattern"], "description": LINK_RULE},
 }
 
 
@@ -64,6 +72,14 @@ class StreamInfoBody(BaseModel):
     finished_at: str | None = Field(description="RFC 3339; null while live.")
 
 
+class StreamDetailBody(StreamInfoBody):
+    """``GET /streams/{id}``: the info and what the stream takes at rest."""
+
+    stored_bytes: int = Field(
+        description="Bytes the stream takes at rest (less than size once compressed)."
+    )
+
+
 class StreamList(BaseModel):
     streams: list[StreamInfoBody]
     next: str | None = Field(description="The cursor of the next page; null on the last.")
@@ -77,6 +93,24 @@ class ShareLink(BaseModel):
     url: str
     viewer_url: str
     expires: str = Field(description="Unix time (seconds) the link stops working.")
+
+
+class LinkRequest(BaseModel):
+    stream: str = Field(pattern=STREAM_ID["pattern"], description="The stream's id.")
+
+
+class LinkBody(BaseModel):
+    """A link (``PUT /links/{name}``, listings)."""
+
+    name: str
+    stream: str = Field(description="The id of the stream it points at.")
+    created_at: str = Field(description="RFC 3339.")
+    updated_at: str = Field(description="RFC 3339: when it was last pointed.")
+
+
+class LinkList(BaseModel):
+    links: list[LinkBody]
+    next: str | None = Field(description="The cursor of the next page; null on the last.")
 
 
 class DeletedBuild(BaseModel):
@@ -117,7 +151,11 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     423: ("Another request is writing this upload; retry.", {}),
     460: ("The body does not match its Upload-Checksum; nothing was stored.", {}),
     503: ("The storage or the database failed; nothing was changed, try again.", {}),
-    507: ("The server is out of disk space; nothing was stored.", {}),
+    507: (
+        "The server is out of disk space, or live streams fill its storage quota "
+        "(limits.total_bytes); nothing was stored.",
+        {},
+    ),
 }
 
 
@@ -263,7 +301,9 @@ def _produce_operation(with_id: bool) -> dict[str, Any]:
             "body ends the stream is complete and the response body is its summary; an "
             "error after the 201 (size limit, full disk) makes the body "
             '{"error": "..."} instead. A dropped connection leaves the stream live, '
-            "resumable with PATCH /stream/{id}."
+            "resumable with PATCH /stream/{id}. A pre-create webhook may refuse the "
+            "stream before it exists: 403 with the hook's message, 503 when the hook "
+            "does not answer."
         ),
         "operationId": "produce" + ("_with_id" if with_id else ""),
         "security": [{"bearer": []}, {}],
@@ -341,7 +381,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    for model in (Error, StreamSummary, ShareRequest):
+    for model in (Error, StreamSummary, ShareRequest, LinkRequest):
         schemas[model.__name__] = model.model_json_schema(ref_template=REF + "{model}")
     components["securitySchemes"] = {
         "bearer": {

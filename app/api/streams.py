@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.api.deps import AdminAuth, HeadAuth, ServiceDep, StreamReadAuth, WriteAuth
+from app.api.encoding import negotiate
 from app.api.openapi import (
     COUNT,
     SHARE_LINK,
@@ -32,6 +33,7 @@ from app.api.produce import content_length, flag, pump
 from app.api.protocol import CUT_EXTENSION
 from app.api.ranges import parse_range
 from app.errors import BodyCut, InvalidInput, NotReady
+from app.streams.encoding import encoded
 from app.streams.models import StreamInfo, StreamState, parse_count, rfc3339
 
 router = APIRouter(tags=["streams"])
@@ -120,7 +122,8 @@ async def prefetched(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
     openapi_extra=params(*SHARE_LINK),
 )
 async def head_stream(stream_id: str, service: ServiceDep, _auth: HeadAuth) -> Response:
-    info = await service.info(stream_id)
+    # A resuming producer asks here: a stream whose node died is taken over first.
+    info = await service.info(stream_id, take_over=True)
     headers = stream_headers(info)
     headers["Upload-Offset"] = str(info.size)
     response = Response(status_code=200, headers=headers)
@@ -165,9 +168,23 @@ async def get_stream(
     if offset is not None:
         headers["X-Stream-Offset"] = str(offset)
     elif info.state.finished:
+        ranged = "range" in request.headers
+        offered = service.offers_encoding and not ranged
+        coding = negotiate(request.headers.get("accept-encoding")) if offered else None
+        if service.offers_encoding:
+            headers["Vary"] = "Accept-Encoding"
+        if coding is not None:
+            # Another representation: its own ETag, and no Repr-Digest (that
+            # would be the digest of the encoded bytes, not known before they are sent).
+            headers["ETag"] = f'"{info.sha256}.{coding}"'
+            headers.pop("Repr-Digest", None)
         etag = headers.get("ETag")
         if etag and etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
+        if coding is not None:
+            headers["Content-Encoding"] = coding  # no Content-Length: not known up front
+            body = await prefetched(encoded(reader, coding))
+            return StreamBody(body, status_code=200, headers=headers)
         span = parse_range(request.headers.get("range"), info.size)
         if span is not None:
             reader.start, reader.end = span

@@ -34,7 +34,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import Receive
 
-from app.api.deps import ServiceDep, WriteAuth, require_write
+from app.api.deps import ServiceDep, WriteAuth, caller_scopes, require_write
 from app.api.errors import error_response
 from app.api.openapi import (
     COUNT,
@@ -147,7 +147,21 @@ async def discover_upload(upload_id: str, request: Request) -> Response:
 
 CREATE: dict[str, Any] = {
     "status_code": 201,
-    "responses": errors(400, 401, 403, 412, 413, 460, 503, 507)
+    "responses": errors(
+        400,
+        401,
+        403,
+        412,
+        413,
+        460,
+        503,
+        507,
+        notes={
+            403: "The token lacks the scope, or a pre-create webhook refused the "
+            "upload (its message).",
+            503: "The storage or the database failed, or a pre-create webhook did not answer.",
+        },
+    )
     | {
         201: no_body(
             "Created: a live stream with the same id.",
@@ -193,7 +207,9 @@ async def create_upload(request: Request, service: ServiceDep, _auth: WriteAuth)
         if verified is None:
             raise InvalidInput("The request ended before its body; no upload was created.")
 
-    info, _ = await service.create(None, metadata, expected_size=length, tus=True)
+    info, _ = await service.create(
+        None, metadata, expected_size=length, tus=True, scopes=caller_scopes(request)
+    )
     size = 0
     if length == 0:
         await service.declare_size(info.id, 0)  # nothing to wait for: complete now
@@ -281,7 +297,7 @@ async def method_override(upload_id: str, request: Request, service: ServiceDep)
 
 
 async def _head(service: StreamService, upload_id: str) -> Response:
-    info = await service.info(upload_id)
+    info = await service.info(upload_id, take_over=True)
     if info.state is StreamState.ABANDONED:
         raise UploadGone(upload_id)
     headers = {"Upload-Offset": str(info.size), "Cache-Control": "no-store"}
@@ -307,7 +323,7 @@ async def _patch(request: Request, service: StreamService, upload_id: str) -> Re
     length = parse_count(headers.get("upload-length"), "Upload-Length")
     if length is not None and length < offset:
         raise InvalidInput(f"Upload-Length {length} is less than Upload-Offset {offset}.")
-    info = await service.info(upload_id)
+    info = await service.info(upload_id, take_over=True)
     if info.state.finished:
         return _finished(info, offset)
     body = parse_count(headers.get("content-length"), "Content-Length")

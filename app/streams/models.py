@@ -32,6 +32,18 @@ class StreamState(enum.StrEnum):
 ID_RULE = "A stream ID is 1-200 characters of A-Z a-z 0-9 . _ ~ : @ - and does not start with '.'."
 
 
+LINK_RULE = (
+    "A link name is 1-200 characters of A-Z a-z 0-9 . _ ~ : @ - and does not start with '.'."
+)
+
+
+def validate_link_name(name: str) -> str:
+    """Link names follow the stream id rule, so a name is safe in a URL path as it is."""
+    if not ID_PATTERN.fullmatch(name) or name.startswith("."):
+        raise InvalidInput(LINK_RULE)
+    return name
+
+
 def validate_stream_id(stream_id: str) -> str:
     if not ID_PATTERN.fullmatch(stream_id) or stream_id.startswith("."):
         raise InvalidInput(ID_RULE)
@@ -212,6 +224,26 @@ class StreamInfo:
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
             "finished_at": rfc3339(self.finished_at),
+        }
+
+
+@dataclass(frozen=True)
+class Link:
+    """A name pointing at a stream id (a job's "latest log"). It names the id, not
+    an incarnation: it follows a replaced stream, and answers 404 while no
+    stream with the id exists."""
+
+    name: str
+    stream_id: str
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "stream": self.stream_id,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
         }
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.errors import WeftError
-from app.streams.models import EventKind, StreamState, metadata_matches
+from app.storage.base import ListQuery
+from app.streams.listing import MAX_LIMIT, decode_cursor
+from app.streams.models import EventKind, StreamInfo, StreamState, from_micros, metadata_matches
 
 LINE_LIMIT = 4096
 READ_BLOCK = 64 * 1024
@@ -57,6 +59,8 @@ class Spy:
         self._tasks: dict[_Show, asyncio.Task[None]] = {}
         self._on_screen: set[_Show] = set()
         self._last_data: _Show | None = None
+        # Plain spy: the stream whose own escape codes may have left a colour on.
+        self._open_sgr: _Show | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._run()
@@ -65,14 +69,9 @@ class Spy:
         async with self._service.hub.feed() as feed:
             watcher = asyncio.create_task(self._watch_created(feed))
             try:
-                for stream_id in self._service.live_ids():
-                    try:
-                        info = await self._service.info(stream_id)
-                    except WeftError:
-                        continue
-                    if info.state is StreamState.LIVE:
-                        offset = 0 if self._replay else info.size
-                        self._show(info.id, info.key, info.metadata, offset)
+                for info in await self._live_streams():
+                    offset = 0 if self._replay else info.size
+                    self._show(info.id, info.key, info.metadata, offset)
                 while True:
                     show, item = await self._queue.get()
                     out = self._render(show, item)
@@ -83,6 +82,19 @@ class Spy:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _live_streams(self) -> list[StreamInfo]:
+        """Every live stream the database knows, oldest first: those of every
+        node in a cluster, not only the ones this process writes."""
+        query = ListQuery(state=StreamState.LIVE, meta=self._meta, limit=MAX_LIMIT)
+        found: list[StreamInfo] = []
+        while True:
+            page, cursor = await self._service.list_page(query)
+            found += page
+            if cursor is None:
+                return found[::-1]
+            created_us, stream_id = decode_cursor(cursor)
+            query = replace(query, before=(from_micros(created_us), stream_id))
 
     async def _watch_created(self, feed: Any) -> None:
         async for event in feed:
@@ -116,10 +128,11 @@ class Spy:
         if item is _START:
             show.colour = self._take_colour()
             self._on_screen.add(show)
-            return self._marker(show, f"START: {show.stream_id}")
+            return self._switch(show) + self._marker(show, f"START: {show.stream_id}")
         if item is _END:
             rest = [bytes(show.partial)] if show.partial else []
-            out = self._lines(show, rest) + self._marker(show, f"END: {show.stream_id}")
+            out = self._lines(show, rest)
+            out = out + self._switch(show) + self._marker(show, f"END: {show.stream_id}")
             self._on_screen.discard(show)
             self._tasks.pop(show, None)
             return out
@@ -138,16 +151,27 @@ class Spy:
     def _lines(self, show: _Show, lines: list[bytes]) -> bytes:
         if not lines:
             return b""
-        out = bytearray()
+        out = bytearray(self._switch(show))
         if self._last_data is not show:
             out += self._marker(show, f"{show.stream_id}:")
             self._last_data = show
         for line in lines:
             if show.colour is None:
                 out += line + b"\n"
+                if b"\x1b[" in line:
+                    self._open_sgr = show
             else:
                 out += f"\x1b[{show.colour}m".encode() + line + RESET.encode() + b"\n"
         return bytes(out)
+
+    def _switch(self, show: _Show) -> bytes:
+        """A reset before another stream's output when the last one's own
+        colour codes may still be on: one stream's colour never bleeds into
+        the next one's lines (with ?color every line is reset already)."""
+        if self._open_sgr is None or self._open_sgr is show:
+            return b""
+        self._open_sgr = None
+        return RESET.encode()
 
     def _marker(self, show: _Show, text: str) -> bytes:
         if show.colour is None:

@@ -466,3 +466,42 @@ def test_quiet_terminal_shows_only_the_id(
     wait_for_content(client, "quiet", b"hush\n")
     assert proc.finish() == 0
     assert bytes(proc.terminal) == b"quiet\r\n"
+
+
+def wait_for_link(client: httpx.Client, name: str, stream_id: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        response = client.get(f"/links/{name}")
+        if response.status_code == 307 and response.headers["location"] == f"/stream/{stream_id}":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"link {name} never pointed at {stream_id}")
+
+
+def test_link_points_at_the_stream_as_soon_as_it_exists_and_follows_the_next_run(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    first = cli(server.url, "--link", "lint-latest")
+    first_id = first.next_line()
+    wait_for_link(client, "lint-latest", first_id)  # stdin still open: the stream is live
+    assert client.head(f"/stream/{first_id}").headers["x-stream-state"] == "live"
+    first.feed(b"run 1\n")
+    assert first.finish() == 0, first.error_text
+    second = cli("--link", "lint-latest", server.url, "run-2")
+    assert second.next_line() == "run-2"
+    wait_for_link(client, "lint-latest", "run-2")
+    second.feed(b"run 2\n")
+    assert second.finish() == 0, second.error_text
+    followed = client.get("/links/lint-latest", follow_redirects=True)
+    assert followed.content == b"run 2\n"
+
+
+def test_a_refused_link_fails_the_run_and_says_why(
+    server: ServerProcess, client: httpx.Client, cli: Callable[..., Cli]
+) -> None:
+    proc = cli(server.url, "badlink", "--link", ".hidden")
+    assert proc.next_line() == "badlink"
+    proc.feed(b"kept\n")
+    assert proc.finish() == 1
+    assert "badlink is complete, but link .hidden: A link name is" in proc.error_text
+    assert client.get("/stream/badlink").content == b"kept\n"

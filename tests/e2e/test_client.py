@@ -37,6 +37,7 @@ class CuttableProxy:
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: list[socket.socket] = []
         self.held: set[socket.socket] = set()  # server sides kept open by cut(hold_server=True)
+        self.mute = 0  # the next this many connections never relay the server's answer
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self._spawn(self._accept)
@@ -60,13 +61,15 @@ class CuttableProxy:
                 continue
             with self.lock:
                 self.sockets += [downstream, upstream]
+                mute, self.mute = self.mute > 0, max(self.mute - 1, 0)
             self._spawn(self._pipe, downstream, upstream)  # sockets: [down, up, down, up ...]
-            self._spawn(self._pipe, upstream, downstream)
+            self._spawn(self._pipe, upstream, downstream, mute)
 
-    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, target: socket.socket, mute: bool = False) -> None:
         try:
             while data := source.recv(65536):
-                target.sendall(data)
+                if not mute:
+                    target.sendall(data)
         except OSError:
             pass
         with self.lock:
@@ -197,9 +200,59 @@ def test_writer_resumes_after_a_dropped_connection(
     assert client.get("/stream/dropped").content == first + second
 
 
-def test_writer_waits_out_a_server_that_still_sees_the_old_producer(
+def test_writer_resumes_the_stream_whose_201_it_never_saw(
     server: ServerProcess, client: httpx.Client, proxy: CuttableProxy
 ) -> None:
+    # The server created the stream and stored bytes, but its 201 was lost:
+    # the retried POST's 409 names a stream holding exactly what we sent.
+    proxy.mute = 1
+    first, second = b"sent before the 201 was lost\n" * 500, b"and after\n" * 500
+    retries: list[str] = []
+    writer = StreamWriter(
+        proxy.url, "lost-201", backoff=FAST, on_retry=lambda n, d, why: retries.append(why)
+    )
+    with writer:
+        writer.write(first)
+        wait_stored(client, "lost-201", len(first))
+        assert not writer.created
+        proxy.cut()
+        writer.write(second)
+    result = writer.wait()
+    assert any("answer to the POST" in why for why in retries), retries
+    assert result.state == "complete" and result.sha256 == sha(first + second)
+    assert client.get("/stream/lost-201").content == first + second
+
+
+def test_writer_whose_post_dropped_is_refused_a_stream_that_is_not_its_own(
+    server: ServerProcess, client: httpx.Client, proxy: CuttableProxy
+) -> None:
+    assert client.post("/stream/theirs", content=b"their bytes").status_code == 201
+    proxy.mute = 1  # the first POST's 409 never arrives: the writer sees a drop
+    writer = StreamWriter(proxy.url, "theirs", backoff=FAST)
+    with pytest.raises(StreamRefused) as refused:
+        with writer:
+            writer.write(b"our bytes, not theirs\n" * 100)
+    assert refused.value.status == 409
+    assert client.get("/stream/theirs").content == b"their bytes"
+
+
+def test_writer_waits_out_a_server_that_still_sees_the_old_producer(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # A server that never ends the old producer for a resume (the lock
+    # exchange after handoff_idle, tests/e2e/test_handoff.py): the writer must
+    # wait out its 409s until the old connection goes.
+    server = server_factory(handoff_idle=600)
+    proxy = CuttableProxy(server.port)
+    client = httpx.Client(base_url=server.url, timeout=10)
+    try:
+        _waits_out_the_old_producer(client, proxy)
+    finally:
+        client.close()
+        proxy.close()
+
+
+def _waits_out_the_old_producer(client: httpx.Client, proxy: CuttableProxy) -> None:
     busy = threading.Event()
 
     def on_retry(attempt: int, delay: float, reason: str) -> None:

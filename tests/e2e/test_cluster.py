@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.helpers import unique_id, wait_for
 from tests.e2e.test_events import events
+from tests.e2e.test_spy import SpyClient
 from tests.nats_env import NATS_URL, NatsServer, drop_streams, find_nats_server, require_nats
 from tests.pg import PG_URL, new_namespace, require_pg
 from tests.server import ServerProcess
@@ -86,3 +87,20 @@ def test_readyz_names_nats_while_it_is_unreachable(
         wait_for(lambda: status().status_code == 200, "ready again after NATS is back")
     finally:
         nats.stop()
+
+
+def test_spy_on_one_node_shows_live_streams_made_through_another(
+    cluster: list[ServerProcess],
+) -> None:
+    a, b = cluster
+    with httpx.Client(base_url=a.url, timeout=10) as http:
+        # A tus upload of deferred length: live, and no connection held open.
+        created = http.post(
+            "/files/",
+            headers={"Tus-Resumable": "1.0.0", "Upload-Defer-Length": "1", "Upload-Metadata": ""},
+        )
+        assert created.status_code == 201, created.text
+        upload_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+    with SpyClient(b.port) as spy:
+        # Seeded from the database when it opens, not from node B's own streams.
+        spy.wait_for(lambda lines: f"START: {upload_id}" in lines)

@@ -74,6 +74,22 @@ def test_bad_environment_variable_stops_the_server_naming_the_key(tmp_path: Path
     assert "Traceback" not in result.stderr
 
 
+def test_an_unreachable_database_stops_the_start_with_one_line_naming_database_url(
+    tmp_path: Path,
+) -> None:
+    # Port 1: nothing listens, the connection is refused at once.
+    url = "postgresql+asyncpg://weft:hunter2@127.0.0.1:1/x"
+    config = write_config(tmp_path, {"data_dir": str(tmp_path / "data"), "database_url": url})
+    result = run_app(tmp_path, "--config", str(config), "--port", "0")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("weft: cannot start: the database (database_url ")
+    assert "127.0.0.1:1" in lines[0] and "cannot be reached" in lines[0]
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Uvicorn running" not in result.stderr + result.stdout
+
+
 class Launched:
     """``python -m app ARGS`` running until stop(); reports where it listens."""
 

@@ -18,6 +18,7 @@ from tests.server import ServerProcess
 
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 INFO_KEYS = {"id", "metadata", "state", "size", "sha256", "created_at", "updated_at", "finished_at"}
+DETAIL_KEYS = INFO_KEYS | {"stored_bytes"}  # GET /streams/{id} only (issue 12)
 
 
 def moment(text: str) -> datetime:
@@ -77,7 +78,8 @@ def test_stream_info_json_while_live_then_complete(
         assert live.status_code == 200
         assert live.headers["content-type"] == "application/json"
         body = live.json()
-        assert set(body) == INFO_KEYS
+        assert set(body) == DETAIL_KEYS
+        assert body["stored_bytes"] == 3
         assert body["id"] == stream_id
         assert body["metadata"] == {"job": "lint", "n": 3}
         assert body["state"] == "live"
@@ -88,7 +90,8 @@ def test_stream_info_json_while_live_then_complete(
         producer.send(b"def")
         producer.finish()
     done = http.get(f"/streams/{stream_id}").json()
-    assert set(done) == INFO_KEYS
+    assert set(done) == DETAIL_KEYS
+    assert done["stored_bytes"] == 6
     assert done["state"] == "complete"
     assert done["size"] == 6
     assert done["sha256"] == hashlib.sha256(b"abcdef").hexdigest()

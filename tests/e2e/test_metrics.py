@@ -86,3 +86,11 @@ def test_json_logs_carry_requests_but_never_tokens(server_factory) -> None:  # t
     joined = "".join(server.log)
     assert "very-secret-token" not in joined
     assert "wrong-token" not in joined
+
+
+def test_metrics_and_the_start_log_name_the_node(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(node_id="node-7")
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric(text, 'weft_node_info{node_id="node-7"}') == 1
+    started = [line for line in server.log if "weft_started" in line]
+    assert len(started) == 1 and "node_id=node-7" in started[0], server.log

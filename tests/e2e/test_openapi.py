@@ -94,7 +94,11 @@ WORKFLOWS = hypothesis.settings(
 def test_linked_workflows_answer_as_the_schema_says(weft_server: ServerProcess) -> None:
     """Sequences that follow the schema's links: create a stream (or an upload),
     then read, resume, share and delete it by the id the server answered with."""
-    workflow = schema.as_state_machine()
+    # Without /links: PUT /links/{name} answers 201 or 404 depending on the
+    # streams earlier runs left on the server, and hypothesis replays a run
+    # expecting the same answers (FlakyStrategyDefinition). The per-operation
+    # test above covers the link operations.
+    workflow = schema.exclude(path_regex="^/links").as_state_machine()
 
     class Workflow(workflow):  # type: ignore[valid-type, misc]
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:

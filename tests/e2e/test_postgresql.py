@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +15,7 @@ import pytest
 import tests.server
 from tests.e2e.helpers import make_dropped_stream, wait_for, wait_until_resumable
 from tests.pg import PG_URL, new_namespace, require_pg
+from tests.rerun import SUITE_TIMEOUT, Rerun
 from tests.server import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,26 +106,23 @@ def test_a_server_on_postgresql_keeps_and_recovers_its_streams_across_restarts(
         assert http.get("/streams/done").status_code == 404
 
 
-SUITE_TIMEOUT = 1200  # the whole suite takes about 2.5 min on PostgreSQL here
-
-
 @pytest.mark.timeout(SUITE_TIMEOUT + 60)
 def test_the_end_to_end_suite_passes_on_postgresql() -> None:
-    """CI runs one command (the README's); this runs every end-to-end test once
-    more with the servers on PostgreSQL, in a pytest of its own."""
+    """CI runs one command (the README's); this runs the end-to-end tests once
+    more with the servers on PostgreSQL (but for NOT_ON_POSTGRESQL), in a pytest
+    of its own that tests/conftest.py started at the beginning of the session."""
     if tests.server.DATABASE == "postgresql":
         pytest.skip("this run already is the end-to-end suite on PostgreSQL")
     if os.environ.get("CI") != "true":
         pytest.skip("runs under CI=true; locally: pytest tests/e2e --database postgresql")
     require_pg()
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"]
-        + ["--database", "postgresql"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT,
-    )
-    summary = result.stdout[-6000:] + result.stderr[-2000:]
-    assert result.returncode == 0, summary
-    print(summary.splitlines()[-1])
+    assert Rerun.process is not None and Rerun.output is not None, "the rerun was not started"
+    left = SUITE_TIMEOUT - (time.monotonic() - Rerun.started)
+    try:
+        returncode = Rerun.process.wait(max(left, 1.0))
+    except subprocess.TimeoutExpired:
+        Rerun.stop()
+        returncode = -1
+    text = Rerun.output.read_text(errors="replace")
+    assert returncode == 0, text[-8000:]
+    print(text.strip().splitlines()[-1])

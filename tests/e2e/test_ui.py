@@ -346,6 +346,26 @@ def test_list_shows_a_stream_created_after_the_page_loaded_and_its_completion(
     )
 
 
+def test_list_sizes_and_ages_of_live_streams_keep_moving(
+    browser: WebDriver, server: ServerProcess
+) -> None:
+    stream_id = unique_id("ui-growing")
+    conn, head = open_producer(server.port, f"/stream/{stream_id}")
+    with conn:
+        assert head.status == 201
+        conn.send_chunk(b"x" * 100)
+        browser.get(f"{server.url}/ui/")
+        row = f'tr[data-id="{stream_id}"]'
+        wait_until(browser, "the row at 100 bytes", lambda d: "100 B" in visible_text(d, row))
+        age = visible_text(browser, f"{row} .age")
+        conn.send_chunk(b"y" * 5000)  # no event says so: the list must look again
+        # Within a few seconds (the list used to look every 10 s and age every 15 s).
+        soon = WebDriverWait(browser, 6.0, poll_frequency=0.05)
+        soon.until(lambda d: "KiB" in visible_text(d, row), "the size did not move on")
+        soon.until(lambda d: visible_text(d, f"{row} .age") != age, "the age did not move on")
+        finish_producer(conn)
+
+
 def test_list_filter_matches_id_and_metadata_text(
     browser: WebDriver, server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -446,6 +466,26 @@ def test_stream_content_is_shown_as_text_never_as_markup(
     assert len(browser.find_elements(By.CSS_SELECTOR, "#meta b")) == 1  # the key, not the value
     assert "pwned" not in browser.title
     assert "<b>meta</b>" in visible_text(browser, "#meta")
+
+
+def test_stream_page_shows_the_links_that_point_at_it(
+    browser: WebDriver, server: ServerProcess, client: httpx.Client
+) -> None:
+    stream_id = unique_id("ui-links")
+    post_stream(client, stream_id, b"linked\n")
+    for name in ("main-latest", "nightly"):
+        assert client.put(f"/links/{name}-{stream_id}", json={"stream": stream_id}).is_success
+    browser.get(stream_page(server, stream_id))
+    wait_until(browser, "the links", lambda d: visible_text(d, "#links"))
+    assert visible_text(browser, "#links").split("\n") == [
+        f"link main-latest-{stream_id}",
+        f"link nightly-{stream_id}",
+    ]
+    unlinked = unique_id("ui-unlinked")
+    post_stream(client, unlinked, b"alone\n")
+    browser.get(stream_page(server, unlinked))
+    wait_until(browser, "the log", lambda d: log_lines(d) == ["alone"])
+    assert visible_text(browser, "#links") == ""
 
 
 def test_missing_stream_shows_a_readable_error(browser: WebDriver, server: ServerProcess) -> None:

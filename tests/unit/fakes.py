@@ -20,7 +20,7 @@ from app.config import Settings
 from app.errors import InsufficientStorage, StreamExists, StreamNotFound, WeftError
 from app.storage.base import ListQuery
 from app.storage.memory_hub import MemoryHub
-from app.streams.models import StreamInfo, StreamState, metadata_text, to_micros, utcnow
+from app.streams.models import Link, StreamInfo, StreamState, metadata_text, to_micros, utcnow
 from app.streams.service import StreamService
 
 
@@ -49,9 +49,11 @@ class MemorySegmentWriter:
 class MemorySegmentStore:
     def __init__(self) -> None:
         self.blobs: dict[str, bytearray] = {}
+        self.finished: set[str] = set()  # keys finish() was called for
 
     async def create(self, key: str) -> None:
         self.blobs[key] = bytearray()
+        self.finished.discard(key)
 
     async def open_writer(self, key: str) -> MemorySegmentWriter:
         if key not in self.blobs:
@@ -75,6 +77,9 @@ class MemorySegmentStore:
     async def delete(self, key: str) -> None:
         self.blobs.pop(key, None)
 
+    async def hand_off(self, key: str) -> None:
+        return None
+
     async def start(self) -> None:
         return None
 
@@ -82,7 +87,10 @@ class MemorySegmentStore:
         return None
 
     async def finish(self, key: str) -> None:
-        return None
+        self.finished.add(key)
+
+    async def unfinished(self) -> list[str]:
+        return [key for key in self.blobs if key not in self.finished]
 
     async def check(self) -> None:
         return None
@@ -95,6 +103,8 @@ def _micros(info: StreamInfo) -> int:
 class MemoryMetadataRepo:
     def __init__(self) -> None:
         self.rows: dict[str, StreamInfo] = {}
+        self.secrets: dict[str, str] = {}
+        self.link_rows: dict[str, Link] = {}
 
     async def start(self) -> None:
         return None
@@ -112,10 +122,10 @@ class MemoryMetadataRepo:
     async def get(self, stream_id: str) -> StreamInfo | None:
         return self.rows.get(stream_id)
 
-    async def update(self, info: StreamInfo) -> None:
+    async def update(self, info: StreamInfo) -> bool:
         row = self.rows.get(info.id)
-        if row is None or row.key != info.key:
-            return
+        if row is None or row.key != info.key or row.state is not StreamState.LIVE:
+            return False
         self.rows[info.id] = row.with_changes(
             state=info.state,
             size=info.size,
@@ -124,6 +134,7 @@ class MemoryMetadataRepo:
             finished_at=info.finished_at,
             expected_size=info.expected_size,
         )
+        return True
 
     async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
         for stream_id, key, size in sizes:
@@ -159,6 +170,9 @@ class MemoryMetadataRepo:
             out.append(info)
         return out[: query.limit]
 
+    async def by_keys(self, keys: builtins.list[str]) -> builtins.list[StreamInfo]:
+        return [info for info in self.rows.values() if info.key in keys]
+
     async def live(self) -> builtins.list[StreamInfo]:
         return [info for info in self.rows.values() if info.state is StreamState.LIVE]
 
@@ -181,6 +195,31 @@ class MemoryMetadataRepo:
     async def count_by_state(self) -> dict[StreamState, int]:
         counts = Counter(info.state for info in self.rows.values())
         return {state: counts[state] for state in StreamState}
+
+    async def total_size(self) -> int:
+        return sum(info.size for info in self.rows.values())
+
+    async def put_link(self, name: str, stream_id: str, now: datetime) -> tuple[Link, bool]:
+        old = self.link_rows.get(name)
+        link = Link(name, stream_id, old.created_at if old else now, now)
+        self.link_rows[name] = link
+        return link, old is None
+
+    async def get_link(self, name: str) -> Link | None:
+        return self.link_rows.get(name)
+
+    async def links(
+        self, *, stream_id: str | None = None, after: str | None = None, limit: int = 100
+    ) -> builtins.list[Link]:
+        names = sorted(self.link_rows, key=lambda name: name.encode())
+        found = [self.link_rows[name] for name in names if after is None or name > after]
+        return [link for link in found if stream_id in (None, link.stream_id)][:limit]
+
+    async def delete_link(self, name: str) -> bool:
+        return self.link_rows.pop(name, None) is not None
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        return self.secrets.setdefault(name, candidate)
 
     async def check(self) -> None:
         return None
@@ -250,9 +289,9 @@ class FailingMetadataRepo(MemoryMetadataRepo):
         self._write("insert")
         return await super().insert(info, replace=replace)
 
-    async def update(self, info: StreamInfo) -> None:
+    async def update(self, info: StreamInfo) -> bool:
         self._write("update")
-        await super().update(info)
+        return await super().update(info)
 
     async def checkpoint(self, sizes: list[tuple[str, str, int]]) -> None:
         self._write("checkpoint")

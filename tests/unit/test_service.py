@@ -6,6 +6,7 @@ import hashlib
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,13 +14,17 @@ from app.errors import (
     InvalidInput,
     OffsetMismatch,
     RangeNotSatisfiable,
+    StorageUnavailable,
     StreamBusy,
     StreamExists,
     StreamNotFound,
     StreamNotLive,
     TooLarge,
 )
-from app.streams.models import EventKind, HubEvent, StreamState
+from app.metrics import Metrics
+from app.storage.memory_hub import MemoryHub
+from app.streams import service as service_module
+from app.streams.models import EventKind, HubEvent, StreamInfo, StreamState
 from app.streams.reader import StreamReader
 from app.streams.service import StreamService
 from tests.unit.fakes import (
@@ -360,6 +365,71 @@ async def test_restart_recovers_live_stream_size_from_the_store() -> None:
     assert done.sha256 == hashlib.sha256(b"abcdefg").hexdigest()
 
 
+async def test_a_start_finishes_in_the_store_what_a_crash_left_finished_only_in_the_database() -> (
+    None
+):
+    store, repo = MemorySegmentStore(), MemoryMetadataRepo()
+    async with running_service(store, repo) as service:
+        await service.create("done", {})
+        async with service.producer("done") as producer:
+            await producer.append(b"abc")
+            await producer.complete()
+        await service.create("live", {})
+        done, live = (await service.info("done")).key, (await service.info("live")).key
+    # As a kill -9 between the row's write and store.finish leaves them: the store
+    # never heard that "done" finished; "orphan" has no row at all.
+    store.finished.clear()
+    store.blobs["orphan"] = bytearray(b"x")
+    async with running_service(store, repo) as service:
+        assert store.finished == {done}
+        assert (await service.info("live")).state is StreamState.LIVE
+        assert live not in store.finished and "orphan" in store.blobs
+
+
+class UnreadableStore(MemorySegmentStore):
+    """Its bytes are somewhere that cannot be reached while down (a bucket)."""
+
+    down = False
+
+    async def read(self, key: str, offset: int, limit: int) -> bytes:
+        if self.down:
+            raise StorageUnavailable("The object store cannot be used.")
+        return await super().read(key, offset, limit)
+
+    async def check(self) -> None:
+        if self.down:
+            raise StorageUnavailable("S3 is not available.")
+
+
+async def test_live_streams_whose_bytes_cannot_be_read_at_start_are_recovered_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "RECOVER_RETRY", (0.01, 0.02))
+    store, repo = UnreadableStore(), MemoryMetadataRepo()
+    async with running_service(store, repo) as service:
+        for name in ("kept", "deleted"):
+            await service.create(name, {})
+            async with service.producer(name) as producer:
+                await producer.append(b"abc")
+    store.down = True
+    async with running_service(store, repo) as service:  # starts all the same
+        with pytest.raises(StorageUnavailable, match="not recovered yet"):
+            async with service.producer("kept", offset=3):
+                pass
+        await service.delete("deleted")
+        store.down = False
+        for _ in range(200):
+            if not service._recovering:
+                break
+            await asyncio.sleep(0.01)
+        async with service.producer("kept", offset=3) as producer:
+            await producer.append(b"d")
+            done = await producer.complete()
+        assert done.sha256 == hashlib.sha256(b"abcd").hexdigest()
+        with pytest.raises(StreamNotFound):
+            await service.info("deleted")
+
+
 async def test_live_sizes_are_checkpointed_in_batches_while_producing() -> None:
     repo = MemoryMetadataRepo()
     checkpoints: list[list[tuple[str, str, int]]] = []
@@ -383,3 +453,38 @@ async def test_live_sizes_are_checkpointed_in_batches_while_producing() -> None:
             # One call for all three streams, each with its size; rows say so.
             assert checkpoints[0] == [(i.id, i.key, 5) for i in infos]
             assert [(await repo.get(i.id)).size for i in infos] == [5, 5, 5]  # type: ignore[union-attr]
+
+
+async def test_a_remote_streams_reader_outlasts_a_position_the_store_cannot_give() -> None:
+    # A stream another node writes: the reader polls its position, and a poll
+    # that finds the tail store unavailable (JetStream slow or restarting) is
+    # asked again at the next poll, not the end of the response.
+    store = MemorySegmentStore()
+    await store.create("k")
+    store.blobs["k"] += b"abcdef"
+    answers: list[tuple[int, StreamState] | Exception] = [
+        (3, StreamState.LIVE),
+        StorageUnavailable("JetStream did not answer"),
+        (6, StreamState.COMPLETE),
+    ]
+
+    async def position(stream_id: str, key: str) -> tuple[int, StreamState] | None:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    now = datetime.now(UTC)
+    reader = StreamReader(
+        info=StreamInfo("s", "k", {}, StreamState.LIVE, 3, None, now, now),
+        start=0,
+        end=None,
+        store=store,  # type: ignore[arg-type]
+        hub=MemoryHub(),
+        position=position,
+        tail_timeout=None,
+        metrics=Metrics(),
+        poll=0.01,
+    )
+    assert await collect(reader) == b"abcdef"
+    assert answers == []

@@ -250,3 +250,27 @@ async def test_closing_a_spy_whose_queue_is_full_leaves_no_task_behind(
             break
         await asyncio.sleep(0.01)
     assert others == []
+
+
+async def test_plain_spy_resets_a_colour_a_stream_left_on_before_another_streams_lines(
+    service: StreamService,
+) -> None:
+    async with spying(service) as spy:
+        await service.create("a", {})
+        await service.create("b", {})
+        async with service.producer("a") as pa, service.producer("b") as pb:
+            await pa.append(b"\x1b[31mred, never reset\n")
+            await spy.wait_line("\x1b[31mred, never reset")
+            await pb.append(b"b1\n")
+            await spy.wait_line("b1")
+            await pa.append(b"plain\n")
+            await spy.wait_line("plain")
+            await pa.complete()
+            await pb.complete()
+        await spy.wait_for(lambda lines: "END: a" in lines and "END: b" in lines)
+    raw = spy.lines()[spy.mark :]
+    # The reset comes with b's next line (its START or header), not inside a's
+    # line; a stream without escape codes of its own gets none.
+    after = raw[raw.index("\x1b[31mred, never reset") + 1 :]
+    assert after[0] in ("\x1b[0mb:", "\x1b[0mSTART: b")
+    assert all("\x1b" not in line for line in after[1:])
