@@ -14,6 +14,8 @@ retries, a size mismatch, a stream replaced or deleted), 2 for bad arguments,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -21,14 +23,15 @@ import threading
 import time
 from typing import Any
 
-import httpx
-
+from app.cli.link import Linker
 from app.cli.term import StatusLine, human_bytes, human_duration, origin_of, stream_url, viewer_url
-from app.client import Backoff, ClientError, RetriesExhausted, StreamRefused, StreamWriter
-from app.client.common import Endpoint, HeadInfo, head
-from app.client.errors import Retryable
+from app.client.common import Backoff, Endpoint, HeadInfo
+from app.client.errors import ClientError, RetriesExhausted, Retryable, StreamRefused
+from app.client.wire import head
+from app.client.writer import StreamWriter
 
-READ_SIZE = 64 * 1024
+READ_SIZE = 1024 * 1024  # at most per read: as much as the pipe holds
+LINK_WAIT = 60.0  # seconds the end of a run waits for --link's PUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--metadata", metavar="JSON", help="metadata as a JSON object")
     parser.add_argument("--token", help="bearer token (default: $WEFT_TOKEN)")
+    parser.add_argument(
+        "--link", metavar="NAME", help="point the link NAME at the stream as soon as it exists"
+    )
     parser.add_argument("--tee", action="store_true", help="copy stdin to stdout as well")
     parser.add_argument(
         "--resume",
@@ -94,18 +100,25 @@ class Pump:
         self.thread = threading.Thread(target=self._run, name="stdin-pump", daemon=True)
 
     def _run(self) -> None:
+        fd = sys.stdin.fileno()
+        with contextlib.suppress(OSError, AttributeError):
+            # A pipe of 1 MiB instead of 64 KiB: a burst is taken in fewer reads,
+            # and the producer blocks less often on a full pipe.
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_SIZE)
         try:
-            while data := os.read(sys.stdin.fileno(), READ_SIZE):
-                skipped = max(0, min(len(data), self.skip - self.bytes_read))
+            while self.bytes_read < self.skip:  # --resume: read, tee, not sent
+                data = os.read(fd, min(READ_SIZE, self.skip - self.bytes_read))
+                if not data:
+                    self.short_input = True
+                    self.writer.abort(timeout=0)
+                    return
                 self.bytes_read += len(data)
                 if self.tee:
                     self._tee(data)
-                if skipped < len(data):
-                    self.writer.write(data[skipped:])
-            if self.bytes_read < self.skip:
-                self.short_input = True
-                self.writer.abort(timeout=0)
-                return
+            while (view := self.writer.read_into(fd, READ_SIZE)) is not None:
+                self.bytes_read += len(view)
+                if self.tee:
+                    self._tee(view)
         except ClientError:
             return  # the writer failed; the main thread reports why
         except OSError as exc:
@@ -114,7 +127,7 @@ class Pump:
             return
         self.writer.finish()
 
-    def _tee(self, data: bytes) -> None:
+    def _tee(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -128,23 +141,20 @@ def resume_offset(args: argparse.Namespace, token: str | None, backoff: Backoff)
     """HEAD the stream to resume, retrying a server that does not answer (yet)."""
     endpoint = Endpoint(args.url, token)
     failures = 0
-    with httpx.Client(base_url=endpoint.origin, timeout=30, verify=endpoint.verify) as http:
-        while True:
-            try:
-                return head(http, endpoint, args.id)
-            except Retryable as exc:
-                if failures >= backoff.retries:
-                    raise RetriesExhausted(
-                        f"Gave up after {backoff.retries} retries: {exc}"
-                    ) from exc
-                delay = backoff.delay(failures)
-                failures += 1
-                print(
-                    f"stream: {exc}; retry {failures}/{backoff.retries} in {delay:g} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                time.sleep(delay)
+    while True:
+        try:
+            return head(endpoint, args.id)
+        except Retryable as exc:
+            if failures >= backoff.retries:
+                raise RetriesExhausted(f"Gave up after {backoff.retries} retries: {exc}") from exc
+            delay = backoff.delay(failures)
+            failures += 1
+            print(
+                f"stream: {exc}; retry {failures}/{backoff.retries} in {delay:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(delay)
 
 
 class Progress:
@@ -196,9 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     status = StatusLine(sys.stderr)
     say = status.message if terminal else (lambda text: print(text, file=sys.stderr, flush=True))
     progress: Progress | None = None
+    try:
+        linker = Linker(Endpoint(args.url, token), args.link, backoff) if args.link else None
+    except ValueError as exc:
+        parser.error(str(exc))
 
     def created(stream_id: str) -> None:
         say(stream_id)
+        if linker is not None:
+            linker.start(stream_id)
 
     def retrying(attempt: int, delay: float, reason: str) -> None:
         if progress is not None:
@@ -249,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     pump = Pump(writer, tee=args.tee, skip=resume_from or 0)
     if resume_from is not None:
         say(args.id)
+        if linker is not None:
+            linker.start(args.id)
     if terminal:
         progress = Progress(status, writer, pump)
     writer.start()
@@ -303,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             f"stream: the server stored {result.size} bytes but {pump.bytes_read} were read",
             file=sys.stderr,
         )
+        return 1
+    if linker is not None and (failure := linker.wait(LINK_WAIT)) is not None:
+        status.clear()
+        print(f"stream: {result.id} is complete, but link {args.link}: {failure}", file=sys.stderr)
         return 1
     if progress is not None:
         status.clear()

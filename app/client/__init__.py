@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from app.client.aio import AsyncStreamWriter
+from typing import TYPE_CHECKING, Any
+
 from app.client.common import Backoff, StreamResult
 from app.client.errors import (
     ClientError,
@@ -18,8 +19,11 @@ from app.client.errors import (
     StreamRefused,
     StreamReplaced,
 )
-from app.client.tail import atail, tail
 from app.client.writer import StreamWriter
+
+if TYPE_CHECKING:
+    from app.client.aio import AsyncStreamWriter
+    from app.client.reader import atail, tail
 
 __all__ = [
     "AsyncStreamWriter",
@@ -35,3 +39,17 @@ __all__ = [
     "atail",
     "tail",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The asyncio writer and the readers need httpx (and asyncio): loaded on
+    first use, so that the producer's path (bin/stream) starts without them."""
+    if name == "AsyncStreamWriter":
+        from app.client.aio import AsyncStreamWriter
+
+        return AsyncStreamWriter
+    if name in ("atail", "tail"):
+        from app.client import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

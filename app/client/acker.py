@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import httpx
-
 from app.client.buffer import SendBuffer
-from app.client.common import Endpoint, HeadInfo, head
+from app.client.common import Endpoint, HeadInfo
 from app.client.errors import ClientError, Retryable
+from app.client.wire import head
 
 POLL_MIN, POLL_MAX = 0.01, 0.5
+PACE, PACE_FULL = 0.02, 0.02  # seconds between HEADs that moved the acknowledged offset
 
 
 def acknowledge_while_sending(
@@ -38,33 +38,33 @@ def acknowledge_while_sending(
     def stopped() -> bool:
         return finished() or buffer.cancelled()
 
-    with httpx.Client(base_url=endpoint.origin, timeout=timeout, verify=endpoint.verify) as http:
-        while True:
-            with buffer.cond:
-                buffer.cond.wait_for(
-                    lambda: (
-                        stopped()
-                        or (
-                            stream_id() is not None
-                            and (buffer.half_full_unacked or needs_identity())
-                        )
-                    )
+    while True:
+        with buffer.cond:
+            buffer.cond.wait_for(
+                lambda: (
+                    stopped()
+                    or (stream_id() is not None and (buffer.half_full_unacked or needs_identity()))
                 )
-                current = stream_id()
-                if stopped() or current is None:
-                    return
-            try:
-                info: HeadInfo | None = head(http, endpoint, current)
-            except (ClientError, Retryable):
-                info = None  # the sender deals with a stream or server that is gone
-            offset = None if info is None else info.offset
-            with buffer.cond:
-                if info is not None:
-                    on_head(info)
-                if offset is not None and buffer.acknowledge(offset):
-                    poll = POLL_MIN
-                    continue
-                # Nothing new stored yet: the protocol has no push for this, so ask
-                # again after a growing pause rather than in a tight loop.
-                buffer.cond.wait_for(stopped, poll)
-                poll = min(poll * 2, POLL_MAX)
+            )
+            current = stream_id()
+            if stopped() or current is None:
+                return
+        try:
+            info: HeadInfo | None = head(endpoint, current, timeout)
+        except (ClientError, Retryable):
+            info = None  # the sender deals with a stream or server that is gone
+        offset = None if info is None else info.offset
+        with buffer.cond:
+            if info is not None:
+                on_head(info)
+            if offset is not None and buffer.acknowledge(offset):
+                poll = POLL_MIN
+                # Every HEAD costs the server what it would spend storing bytes: pace
+                # them, more tightly while the producer is blocked on a full buffer.
+                full = buffer.used >= buffer.capacity
+                buffer.cond.wait_for(stopped, PACE_FULL if full else PACE)
+                continue
+            # Nothing new stored yet: the protocol has no push for this, so ask
+            # again after a growing pause rather than in a tight loop.
+            buffer.cond.wait_for(stopped, poll)
+            poll = min(poll * 2, POLL_MAX)

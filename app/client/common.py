@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import httpx
-
 from app.client.errors import Retryable, StreamRefused, is_retryable_status, server_message
+
+if TYPE_CHECKING:  # imported where used: bin/stream's path never loads httpx (~150 ms)
+    import httpx
 
 USER_AGENT = "weft-client/0.1"
 
@@ -120,11 +122,11 @@ def encode_metadata(metadata: dict[str, Any] | None) -> str | None:
     return json.dumps(metadata, separators=(",", ":"), ensure_ascii=True)
 
 
-def parse_head(response: httpx.Response) -> HeadInfo:
-    """Raise StreamRefused or Retryable for a failed HEAD, else its HeadInfo."""
-    status = response.status_code
+def head_info(status: int, headers: Mapping[str, str], body: bytes, reason: str) -> HeadInfo:
+    """Raise StreamRefused or Retryable for a failed HEAD, else its HeadInfo
+    (``headers`` keyed by lower-case name)."""
     if status != 200:
-        message = server_message(status, response.content, response.reason_phrase)
+        message = server_message(status, body, reason)
         if is_retryable_status(status):
             raise Retryable(message)
         # HEAD has no body: say what the status means.
@@ -133,19 +135,27 @@ def parse_head(response: httpx.Response) -> HeadInfo:
         elif status in (401, 403):
             message = "The server refused the token."
         raise StreamRefused(status, message)
-    raw_offset = response.headers.get("upload-offset", "")
+    raw_offset = headers.get("upload-offset", "")
     if not raw_offset.isdigit():
         raise Retryable("the server's HEAD answer has no Upload-Offset")
-    etag = response.headers.get("etag", "").strip('"') or None
+    etag = headers.get("etag", "").strip('"') or None
     return HeadInfo(
         int(raw_offset),
-        response.headers.get("x-stream-state", "live"),
+        headers.get("x-stream-state", "live"),
         etag,
-        response.headers.get("x-stream-created") or None,
+        headers.get("x-stream-created") or None,
+    )
+
+
+def parse_head(response: httpx.Response) -> HeadInfo:
+    return head_info(
+        response.status_code, response.headers, response.content, response.reason_phrase
     )
 
 
 def head(http: httpx.Client, endpoint: Endpoint, stream_id: str) -> HeadInfo:
+    import httpx
+
     try:
         response = http.head(endpoint.path(stream_id), headers=endpoint.headers())
     except httpx.TransportError as exc:
@@ -156,6 +166,8 @@ def head(http: httpx.Client, endpoint: Endpoint, stream_id: str) -> HeadInfo:
 
 
 async def ahead(http: httpx.AsyncClient, endpoint: Endpoint, stream_id: str) -> HeadInfo:
+    import httpx
+
     try:
         response = await http.head(endpoint.path(stream_id), headers=endpoint.headers())
     except httpx.TransportError as exc:

@@ -9,26 +9,27 @@ POST's final size); while a long request is still open an acknowledger thread
 asks HEAD whenever the buffer is half full. A full buffer blocks ``write()``:
 back-pressure, never loss.
 
-Known limit: if a POST drops after the server created the stream but before
-its 201 arrived, the retried POST of a named stream without ``force`` gets 409
-(the client cannot tell that stream is its own) and ends with StreamRefused.
+If a POST drops after the server created a named stream but before its 201
+arrived, the retried POST gets 409; the writer then resumes that stream when
+it holds a prefix of what this writer sent (it is its own), and is refused
+otherwise. Known limits: a stream it created that holds no byte yet cannot be
+told from someone else's (StreamRefused), and without an id a lost 201 leaves
+the stream the server named live and unused (the retry creates another).
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-import httpx
-
 from app.client.acker import acknowledge_while_sending
 from app.client.buffer import SendBuffer
-from app.client.common import Backoff, Endpoint, HeadInfo, StreamResult, encode_metadata, head
+from app.client.common import Backoff, Endpoint, HeadInfo, StreamResult, encode_metadata
 from app.client.errors import (
     ClientError,
     RetriesExhausted,
@@ -40,11 +41,17 @@ from app.client.errors import (
     is_retryable_status,
     server_message,
 )
-from app.client.wire import Cancelled, Connection, ResponseParser, exchange, request_head
+from app.client.wire import (
+    Cancelled,
+    Connection,
+    ResponseParser,
+    exchange,
+    head,
+    request,
+    request_head,
+)
 
-log = logging.getLogger("weft.client")
-
-DEFAULT_BUFFER = 8 * 1024 * 1024
+DEFAULT_BUFFER = 32 * 1024 * 1024
 LONG_CONNECTION = 2.0  # a connection that lived this long was accepted: reset the retries
 
 
@@ -85,13 +92,14 @@ class StreamWriter:
         self._cond = self._buffer.cond  # one lock for the buffer and the state below
         self._id = stream_id
         self._started = self._created = self._done = False
+        self._maybe_created = False  # a POST dropped before its answer: it may have created ours
         self._incarnation: str | None = None  # X-Stream-Created of our stream, once known
         self.retries = 0  # retries so far, for a progress display
         if resume_from is not None:
             if stream_id is None or resume_from < 0:
                 raise ValueError("resuming needs the stream's id and its size")
             self._created = True
-            self._buffer.base = self._buffer.sent = self._buffer.high = resume_from
+            self._buffer.start_at(resume_from)
         self._result: StreamResult | None = None
         self._error: BaseException | None = None
         self._threads = [
@@ -150,10 +158,31 @@ class StreamWriter:
         buffer = self._buffer
         while view:
             with self._cond:
-                self._cond.wait_for(lambda: self._done or len(buffer.data) < buffer.capacity)
+                self._cond.wait_for(lambda: self._done or buffer.used < buffer.capacity)
                 self._check_writable()
                 taken = buffer.put(view)
             view = view[taken:]
+
+    def read_into(self, fd: int, limit: int = 1 << 20) -> memoryview | None:
+        """Read once from ``fd`` straight into the buffer (no copy on the way):
+        blocks while the buffer is full, then for the read. Return a view of the
+        bytes read (valid until the next call), or None at end of input. For
+        one reading thread; not to be mixed with ``write()`` from another."""
+        self.start()
+        buffer = self._buffer
+        with self._cond:
+            self._cond.wait_for(lambda: self._done or buffer.used < buffer.capacity)
+            self._check_writable()
+            places = buffer.free_views(limit)
+        # Outside the lock: only this thread writes the free part of the ring.
+        size = os.readv(fd, places)
+        if not size:
+            return None
+        with self._cond:
+            self._check_writable()
+            got = buffer.views(buffer.total, buffer.total + size)
+            buffer.commit(size)
+        return got[0] if len(got) == 1 else memoryview(b"".join(got))
 
     def try_write(self, data: bytes | bytearray | memoryview) -> int:
         """Queue what fits without blocking; return how many bytes were taken."""
@@ -230,11 +259,11 @@ class StreamWriter:
         if self._incarnation is None:
             self._incarnation = info.created
 
-    def _head(self, http: httpx.Client) -> HeadInfo:
+    def _head(self) -> HeadInfo:
         """HEAD our stream; raise StreamDeleted or StreamReplaced if it is not ours any more."""
         assert self._id is not None
         try:
-            info = head(http, self.endpoint, self._id)
+            info = head(self.endpoint, self._id, self._timeout)
         except StreamRefused as exc:
             if exc.status == 404:
                 raise StreamDeleted(
@@ -257,13 +286,10 @@ class StreamWriter:
         result: StreamResult | None = None
         error: BaseException | None = None
         try:
-            with httpx.Client(
-                base_url=self.endpoint.origin, timeout=self._timeout, verify=self.endpoint.verify
-            ) as http:
-                try:
-                    result = self._drive(http)
-                except ClientError as exc:
-                    raise self._explain(http, exc) from exc
+            try:
+                result = self._drive()
+            except ClientError as exc:
+                raise self._explain(exc) from exc
         except Cancelled:
             error = ClientError("The stream writer was aborted; the stream stays live.")
         except BaseException as exc:  # handed to the producer's thread by wait()
@@ -272,12 +298,12 @@ class StreamWriter:
             self._result, self._error, self._done = result, error, True
             self._buffer.stop()
 
-    def _drive(self, http: httpx.Client) -> StreamResult:
+    def _drive(self) -> StreamResult:
         failures = 0
         while True:
             progress, started = self._buffer.progress, time.monotonic()
             try:
-                result = self._resume(http) if self._created else self._post()
+                result = self._resume() if self._created else self._post()
                 if result is not None:
                     return result
                 continue  # a PATCH ended at end of input; the completing one follows
@@ -292,7 +318,7 @@ class StreamWriter:
                 delay = self.backoff.delay(failures)
                 failures += 1
                 self.retries += 1
-                log.info("stream_retry attempt=%d delay=%.3f reason=%s", failures, delay, exc)
+                _log_retry(failures, delay, exc)
                 if self._on_retry is not None:
                     self._on_retry(failures, delay, str(exc))
                 with self._cond:
@@ -319,24 +345,77 @@ class StreamWriter:
         finally:
             conn.close()
 
+    def _live(self) -> bool:
+        """Whether our stream is still live; when the server cannot say now,
+        assume so (the resume asks again)."""
+        try:
+            return self._head().state == "live"
+        except Retryable:
+            return True
+        except ClientError:
+            return False
+
     def _post(self) -> StreamResult:
         with self._cond:
             self._buffer.rewind(0)
         path = self.endpoint.path(self._id) + ("?force=true" if self._force else "")
         extra = {"X-Stream-Metadata": self._metadata} if self._metadata is not None else {}
-        response = self._send("POST", path, extra)
+        try:
+            response = self._send("POST", path, extra)
+        except Retryable:
+            self._maybe_created = True
+            raise
+        ours = self._maybe_created and self._id is not None
+        if response.status == 409 and ours and self._holds_our_bytes():
+            with self._cond:
+                self._created = True
+            raise Retryable("the answer to the POST that created the stream was lost")
         if response.status != 201:
             raise self._failure(response, taken_is_final=True)
         body = _json(response.body)
         if "error" in body or "size" not in body:
-            # An error after the 201 (size limit, disk full) is the server's last
-            # word on this stream.
-            raise ClientError(f"The server stopped the stream: {body.get('error', body)}")
+            message = body.get("error", body)
+            if self._live():
+                # A failure after the 201 that left the stream live (the tail store
+                # unreachable, the node's lease lost, a full disk): resume it, as
+                # after a dropped connection.
+                raise Retryable(f"after the 201: {message}")
+            # Ended (the size limit completed it) or gone: the server's last word.
+            raise ClientError(f"The server stopped the stream: {message}")
         with self._cond:
             self._buffer.acknowledge(int(body["size"]))
         return self._finished(
             StreamResult(str(body["id"]), int(body["size"]), body.get("sha256"), body["state"])
         )
+
+    def _holds_our_bytes(self) -> bool:
+        """Whether the stream our id names is the one a dropped POST of ours
+        created: it holds one or more bytes, all of them a prefix of ours."""
+        assert self._id is not None
+        try:
+            info = head(self.endpoint, self._id, self._timeout)
+        except (ClientError, Retryable):
+            return False
+        with self._cond:
+            if self._buffer.base != 0 or not 0 < info.offset <= self._buffer.high:
+                return False
+            ours = self._buffer.copy(0, info.offset)
+        try:
+            # On a live stream a Range is ignored: read its first bytes and hang up.
+            got = request(
+                self.endpoint,
+                "GET",
+                self.endpoint.path(self._id),
+                timeout=self._timeout,
+                enough=lambda response: len(response.body) >= len(ours),
+            )
+        except Retryable:
+            return False
+        if got.status not in (200, 206) or bytes(got.body[: len(ours)]) != ours:
+            return False
+        with self._cond:
+            self._identify(info)
+        return True
 
     def _on_post_head(self, response: ResponseParser) -> bool:
         if response.status != 201:
@@ -350,9 +429,9 @@ class StreamWriter:
             self._on_created(stream_id)
         return True
 
-    def _resume(self, http: httpx.Client) -> StreamResult | None:
+    def _resume(self) -> StreamResult | None:
         assert self._id is not None
-        info = self._head(http)
+        info = self._head()
         buffer = self._buffer
         with self._cond:
             total, final = buffer.total, buffer.eof
@@ -382,12 +461,12 @@ class StreamWriter:
                 buffer.acknowledge(int(offset))
         if not final:
             return None
-        done = self._head(http)
+        done = self._head()
         if done.state != "complete":
             raise Retryable(f"the stream is still {done.state} after its final PATCH")
         return self._finished(done.result(self._id))
 
-    def _explain(self, http: httpx.Client, exc: ClientError) -> ClientError:
+    def _explain(self, exc: ClientError) -> ClientError:
         """A failure of a stream we created may be a delete or a replace in
         disguise (the server then says only "does not exist" or "not live"): ask."""
         if isinstance(exc, StreamGone | RetriesExhausted) or not self._created:
@@ -395,7 +474,7 @@ class StreamWriter:
         if isinstance(exc, StreamRefused) and exc.status in (401, 403):
             return exc
         try:
-            self._head(http)
+            self._head()
         except StreamGone as gone:
             return gone
         except (ClientError, Retryable):
@@ -428,6 +507,14 @@ class StreamWriter:
                 f"but {total} were written."
             )
         return result
+
+
+def _log_retry(attempt: int, delay: float, reason: Exception) -> None:
+    import logging  # here: a run that never retries starts without it (~4 ms)
+
+    logging.getLogger("weft.client").info(
+        "stream_retry attempt=%d delay=%.3f reason=%s", attempt, delay, reason
+    )
 
 
 def _json(body: bytes | bytearray) -> dict[str, Any]:
