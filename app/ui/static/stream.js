@@ -35,6 +35,7 @@ const ui = {
   state: $("state"),
   size: $("size"),
   meta: $("meta"),
+  links: $("links"),
   follow: $("follow"),
   download: $("download"),
   share: $("share"),
@@ -158,6 +159,23 @@ async function loadInfo() {
     return info;
   } catch {
     return null;
+  }
+}
+
+// The links that point at this stream (GET /links?stream=ID), shown beside its
+// metadata. A share link cannot list links, so that page shows none.
+async function showLinks() {
+  if (share) return;
+  try {
+    const found = await apiJson("/links", { params: { stream: streamId, limit: "20" } });
+    ui.links.replaceChildren(
+      ...found.links.map((link) =>
+        el("span", { class: "chip link-chip", title: `/links/${link.name} leads here` }, el("b", {}, "link"), " ", link.name),
+      ),
+    );
+    ui.links.hidden = found.links.length === 0;
+  } catch {
+    // links are an extra: a failure leaves them out
   }
 }
 
@@ -336,6 +354,7 @@ async function tail() {
       $("controls").hidden = false;
       showMetadata(response.headers.get("X-Stream-Metadata"));
       loadInfo();
+      showLinks();
     }
     showState(response.headers.get("X-Stream-State"));
     showSize();
