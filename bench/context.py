@@ -16,6 +16,7 @@ from bench.servers import (
     Server,
     find_nginx,
     install_piping,
+    launch_weft,
     start_nginx,
     start_piping,
     start_python_reference,
@@ -49,12 +50,21 @@ class Context:
         path.mkdir(parents=True)
         return path
 
-    def weft(self, name: str) -> Server:
-        """A fresh Weft (new data_dir, new process) for one scenario."""
-        server = start_weft(self.procs, self.directory(name) / "weft")
+    def weft(self, name: str, settings: dict[str, Any] | None = None) -> Server:
+        """A fresh Weft (new data_dir, new process) for one scenario; ``settings``:
+        configuration keys beyond data_dir."""
+        server = start_weft(self.procs, self.directory(name) / "weft", settings=settings)
         if self.profile_dir is not None:
             self._profile(server, name)
         return server
+
+    def restart(self, server: Server, name: str) -> Server:
+        """Stop a Weft and start it again on the same configuration and data."""
+        self.stop(server)
+        again = launch_weft(self.procs, server.log_path.parent, server.label)
+        if self.profile_dir is not None:
+            self._profile(again, name)
+        return again
 
     def _profile(self, server: Server, name: str) -> None:
         """py-spy record (100 Hz, non-blocking, collapsed stacks) until the server exits."""
@@ -123,7 +133,7 @@ class Context:
             if frames:
                 own[frames[-1]] += int(count)
             for frame in set(frames):
-                if "(app/" in frame and "(app/__main__.py)" not in frame:
+                if "(app/" in frame and "(app/serve.py)" not in frame:
                     weft[frame] += int(count)
 
         def top(counter: Counter[str], n: int) -> list[tuple[str, float]]:

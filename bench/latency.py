@@ -46,8 +46,10 @@ def tail_once(
     interval_ms: float,
     tag: str,
     directory: Path,
+    read_from: Server | None = None,
 ) -> dict[str, Any]:
-    """One producer, ``readers`` readers of its stream, in two worker processes."""
+    """One producer, ``readers`` readers of its stream, in two worker processes;
+    read_from: the readers' server (another node of a cluster), else ``server``."""
     common = ["tail", "--target", target, "--prefix", f"{tag}-", "--duration", str(duration)]
     common += ["--interval-ms", str(interval_ms), "--readers", str(readers)]
     lat_file = directory / f"{tag}.lat"
@@ -69,13 +71,15 @@ def tail_once(
                 f"{tag}-producer", common + ["--role", "producer", "--port", port]
             )
             producer.expect("created", 30)
-            reader = ctx.worker(f"{tag}-readers", reader_args + ["--port", port])
+            read_port = str((read_from or server).port)
+            reader = ctx.worker(f"{tag}-readers", reader_args + ["--port", read_port])
             reader.expect("attached", 60)
-        cpu_before = cpu_seconds(server.pid) if server else 0.0
+        pids = {s.pid for s in (server, read_from) if s is not None}
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         producer.send("go")
         sent = producer.result(duration + 120)
         received = reader.result(duration + 120)
-        cpu_after = cpu_seconds(server.pid) if server else 0.0
+        cpu_after = sum(cpu_seconds(pid) for pid in pids)
     finally:
         ctx.stop(producer, reader)
     errors = sent["error_samples"] + received["error_samples"]

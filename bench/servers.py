@@ -51,13 +51,27 @@ class Server:
 
 
 def start_weft(
-    procs: Procs, directory: Path, label: str = "weft", module: list[str] | None = None
+    procs: Procs,
+    directory: Path,
+    label: str = "weft",
+    module: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Server:
-    """Weft on its embedded defaults, except data_dir (a fresh one in ``directory``).
+    """Weft on its embedded defaults, except data_dir (a fresh one in ``directory``)
+    and ``settings`` (more configuration keys, e.g. store_url and s3).
     module: what follows ``python -m`` instead of ``app`` (a patched variant)."""
     directory.mkdir(parents=True)
+    config = {"data_dir": str(directory / "data"), **(settings or {})}
+    # JSON is YAML; the file may hold S3 credentials, so it stays in the temporary directory.
+    (directory / "config.yaml").write_text(json.dumps(config) + "\n")
+    return launch_weft(procs, directory, label, module)
+
+
+def launch_weft(
+    procs: Procs, directory: Path, label: str = "weft", module: list[str] | None = None
+) -> Server:
+    """Start Weft on the config.yaml in ``directory`` (again, after a stop: same data)."""
     config = directory / "config.yaml"
-    config.write_text(f"data_dir: {json.dumps(str(directory / 'data'))}\n")
     log_path = directory / "server.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WEFT_")}
     proc = procs.spawn(
@@ -72,7 +86,7 @@ def start_weft(
 
     def drain() -> None:
         assert proc.stdout is not None
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab") as log:
             for line in proc.stdout:
                 log.write(line)
                 log.flush()

@@ -3,6 +3,7 @@
     python -m bench.loadgen tail  --target weft|piping|raw --role producer|reader|both ...
     python -m bench.loadgen post  --port P --id ID --size BYTES [--chunked --hold] [--wait-go]
     python -m bench.loadgen read  --port P --id ID [--stall] [--rcvbuf BYTES]
+    python -m bench.loadgen many  --port P --streams N --size BYTES   (live, until 'finish')
     python -m bench.loadgen sink  /  source --port P --size BYTES   (loopback TCP ceiling)
 
 Only the standard library (plus uvloop when it is installed): raw sockets and

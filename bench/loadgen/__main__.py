@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sys
 
-from bench.loadgen.bulk import run_post, run_read, run_sink, run_source
+from bench.loadgen.bulk import run_many, run_post, run_read, run_sink, run_source
 from bench.loadgen.common import emit, raise_fd_limit
 from bench.loadgen.tail import run_tail
 
@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tail.add_argument("--spread", action="store_true", help="spread producers over an interval")
     tail.add_argument("--concurrency", type=int, default=64, help="connections opened at once")
     tail.add_argument("--lat-out", help="write latencies (int64 microseconds) here")
+    tail.add_argument(
+        "--read-port", type=int, default=0, help="readers' port (another node); default --port"
+    )
 
     post = sub.add_parser("post", parents=[common])
     post.add_argument("--id", required=True)
@@ -47,6 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     read.add_argument("--id", required=True)
     read.add_argument("--stall", action="store_true", help="stop reading until 'resume'")
     read.add_argument("--rcvbuf", type=int, default=0)
+
+    many = sub.add_parser("many", parents=[common])
+    many.add_argument("--streams", type=int, required=True)
+    many.add_argument("--size", type=int, required=True, help="bytes per stream")
+    many.add_argument("--prefix", default="live-")
 
     sub.add_parser("sink", parents=[common])
     source = sub.add_parser("source", parents=[common])
@@ -68,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             result = asyncio.run(run_tail(args))
     else:
-        result = {"post": run_post, "read": run_read, "sink": run_sink, "source": run_source}[
-            args.mode
-        ](args)
+        result = {
+            "post": run_post,
+            "read": run_read,
+            "many": run_many,
+            "sink": run_sink,
+            "source": run_source,
+        }[args.mode](args)
     emit("result", result)
     return 0
 

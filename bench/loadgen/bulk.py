@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import socket
 import time
@@ -152,3 +153,90 @@ def run_source(args: argparse.Namespace) -> dict[str, Any]:
     sock.recv(1)
     sock.close()
     return {"bytes": args.size, "seconds": round(time.perf_counter() - started, 4)}
+
+
+# -- many: concurrent live streams (the s3 scenario) ----------------------------------------
+
+
+class _Live:
+    """What the streams of ``many`` share: the bytes, how many are written, the end."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.raw = pattern_block(args.seed)
+        self.chunk = b"%x\r\n%b\r\n" % (len(self.raw), self.raw)
+        self.written = 0
+        self.all_written = asyncio.Event()
+        self.finish = asyncio.Event()
+
+
+async def _one_live(live: _Live, number: int) -> dict[str, Any]:
+    """A chunked POST of --size bytes that stays live until ``finish``."""
+    args = live.args
+    reader, writer = await asyncio.open_connection(args.host, args.port)
+    stream = f"{args.prefix}{number}"
+    writer.write(
+        f"POST /stream/{stream} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+    )
+    body = bytearray()
+    parser = ResponseParser(body.extend)
+    while not parser.head_done:  # Weft answers 201 before it reads the body
+        data = await reader.read(4096)
+        if not data:
+            raise SystemExit(f"many: {stream} closed before the response head")
+        parser.feed(data)
+    left = args.size
+    while left:
+        take = min(left, MIB)
+        writer.write(live.chunk if take == MIB else b"%x\r\n%b\r\n" % (take, live.raw[:take]))
+        await writer.drain()
+        left -= take
+    live.written += 1
+    if live.written == args.streams:
+        live.all_written.set()
+    await live.finish.wait()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    while not parser.done:
+        data = await reader.read(65536)
+        if not data:
+            parser.connection_lost()
+            break
+        parser.feed(data)
+    writer.close()
+    try:
+        reply = json.loads(bytes(body))
+    except ValueError:
+        reply = {"raw": bytes(body)[:300].decode(errors="replace")}
+    return {"stream": stream, "status": parser.status, "reply": reply}
+
+
+async def _many(args: argparse.Namespace) -> dict[str, Any]:
+    commands = Commands()
+    live = _Live(args)
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(_one_live(live, n)) for n in range(args.streams)]
+    everything = asyncio.gather(*tasks)
+    await asyncio.wait(
+        [everything, asyncio.ensure_future(live.all_written.wait())],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if everything.done():  # a stream failed before all were written
+        everything.result()
+    emit("written", round(time.perf_counter() - started, 3))
+    await commands.await_("finish")
+    live.finish.set()
+    results = await everything
+    return {"streams": results, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def run_many(args: argparse.Namespace) -> dict[str, Any]:
+    """``many``: --streams chunked POSTs of --size bytes each at once, in 1 MiB chunks;
+    ``written`` once every byte is sent, the streams live until ``finish``."""
+    try:
+        import uvloop
+
+        return uvloop.run(_many(args))
+    except ImportError:
+        return asyncio.run(_many(args))

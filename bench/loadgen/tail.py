@@ -245,11 +245,12 @@ async def run_tail(args: argparse.Namespace) -> dict[str, Any]:
     async def read_requests() -> None:
         nonlocal readers
         total = len(streams) * args.readers
+        read_port = args.read_port or port  # a cluster: another node than the producers'
         readers = await connect_all(
             total,
             lambda i: TailReader(stats, streams[i // args.readers], lines, args.target == "raw"),
             host,
-            port,
+            read_port,
             args.concurrency,
         )
         if args.target == "raw":
@@ -257,7 +258,7 @@ async def run_tail(args: argparse.Namespace) -> dict[str, Any]:
         for r in readers:
             path = request_path(args, r.stream)
             assert r.transport is not None
-            r.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            r.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{read_port}\r\n\r\n".encode())
         if args.target == "weft":  # piping answers a receiver only once data flows
             for r in readers:
                 status = await asyncio.wait_for(r.attached, 30)
