@@ -110,6 +110,7 @@ class HeadInfo:
     state: str
     sha256: str | None
     created: str | None = None  # X-Stream-Created: which incarnation of the id this is
+    metadata: str | None = None  # X-Stream-Metadata, as the server sent it
 
     def result(self, stream_id: str) -> StreamResult:
         return StreamResult(stream_id, self.offset, self.sha256, self.state)
@@ -144,6 +145,7 @@ def head_info(status: int, headers: Mapping[str, str], body: bytes, reason: str)
         headers.get("x-stream-state", "live"),
         etag,
         headers.get("x-stream-created") or None,
+        headers.get("x-stream-metadata"),
     )
 
 

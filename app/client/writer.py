@@ -11,10 +11,11 @@ back-pressure, never loss.
 
 If a POST drops after the server created a named stream but before its 201
 arrived, the retried POST gets 409; the writer then resumes that stream when
-it holds a prefix of what this writer sent (it is its own), and is refused
-otherwise. Known limits: a stream it created that holds no byte yet cannot be
-told from someone else's (StreamRefused), and without an id a lost 201 leaves
-the stream the server named live and unused (the retry creates another).
+it holds a prefix of what this writer sent (it is its own) or, when it holds
+no byte yet, carries this writer's metadata and was created after that POST
+was sent (a node that died between creating the stream and sending its 201);
+it is refused otherwise. Known limit: without an id a lost 201 leaves the
+stream the server named live and unused (the retry creates another).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -52,6 +54,9 @@ from app.client.wire import (
 )
 
 DEFAULT_BUFFER = 32 * 1024 * 1024
+# How far the server's clock may run behind ours when telling whether an empty
+# stream was created by our own dropped POST.
+CLOCK_SKEW = 300.0
 LONG_CONNECTION = 2.0  # a connection that lived this long was accepted: reset the retries
 
 
@@ -93,6 +98,7 @@ class StreamWriter:
         self._id = stream_id
         self._started = self._created = self._done = False
         self._maybe_created = False  # a POST dropped before its answer: it may have created ours
+        self._posted_at: float | None = None  # wall-clock time of the first POST sent
         self._incarnation: str | None = None  # X-Stream-Created of our stream, once known
         self.retries = 0  # retries so far, for a progress display
         if resume_from is not None:
@@ -360,6 +366,8 @@ class StreamWriter:
             self._buffer.rewind(0)
         path = self.endpoint.path(self._id) + ("?force=true" if self._force else "")
         extra = {"X-Stream-Metadata": self._metadata} if self._metadata is not None else {}
+        if self._posted_at is None:
+            self._posted_at = time.time()
         try:
             response = self._send("POST", path, extra)
         except Retryable:
@@ -390,12 +398,19 @@ class StreamWriter:
 
     def _holds_our_bytes(self) -> bool:
         """Whether the stream our id names is the one a dropped POST of ours
-        created: it holds one or more bytes, all of them a prefix of ours."""
+        created: it holds one or more bytes, all of them a prefix of ours, or
+        none yet and is ours by its metadata and creation time."""
         assert self._id is not None
         try:
             info = head(self.endpoint, self._id, self._timeout)
         except (ClientError, Retryable):
             return False
+        if info.offset == 0:
+            with self._cond:
+                if self._buffer.base != 0 or not self._empty_and_ours(info):
+                    return False
+                self._identify(info)
+            return True
         with self._cond:
             if self._buffer.base != 0 or not 0 < info.offset <= self._buffer.high:
                 return False
@@ -416,6 +431,20 @@ class StreamWriter:
         with self._cond:
             self._identify(info)
         return True
+
+    def _empty_and_ours(self, info: HeadInfo) -> bool:
+        """A live stream with no byte yet is ours if it has our metadata and was
+        created no earlier than our first POST (less a margin for clock skew)."""
+        if info.state != "live" or info.metadata is None or info.created is None:
+            return False
+        try:
+            theirs = json.loads(info.metadata)
+            created = datetime.fromisoformat(info.created).timestamp()
+        except ValueError:
+            return False
+        mine = json.loads(self._metadata) if self._metadata is not None else {}
+        assert self._posted_at is not None
+        return bool(theirs == mine and created >= self._posted_at - CLOCK_SKEW)
 
     def _on_post_head(self, response: ResponseParser) -> bool:
         if response.status != 201:

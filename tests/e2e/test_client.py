@@ -146,6 +146,13 @@ def wait_stored(client: httpx.Client, stream_id: str, size: int) -> None:
         time.sleep(0.02)
 
 
+def wait_exists(client: httpx.Client, stream_id: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while client.get(f"/streams/{stream_id}").status_code != 200:
+        assert time.monotonic() < deadline, f"{stream_id} was never created"
+        time.sleep(0.02)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -234,6 +241,54 @@ def test_writer_whose_post_dropped_is_refused_a_stream_that_is_not_its_own(
             writer.write(b"our bytes, not theirs\n" * 100)
     assert refused.value.status == 409
     assert client.get("/stream/theirs").content == b"their bytes"
+
+
+def test_writer_resumes_the_empty_stream_whose_201_it_never_saw(
+    server: ServerProcess, client: httpx.Client, proxy: CuttableProxy
+) -> None:
+    # A node that died between creating the stream and sending its 201: the
+    # stream holds no byte, but it has our metadata and was created after our POST.
+    proxy.mute = 1
+    data = b"written once the writer knew the stream was its own\n" * 500
+    retries: list[str] = []
+    writer = StreamWriter(
+        proxy.url,
+        "lost-empty-201",
+        metadata={"job": "ours"},
+        backoff=FAST,
+        on_retry=lambda n, d, why: retries.append(why),
+    )
+    with writer:
+        wait_exists(client, "lost-empty-201")
+        assert not writer.created
+        proxy.cut()
+        writer.write(data)
+    result = writer.wait()
+    assert any("answer to the POST" in why for why in retries), retries
+    assert result.state == "complete" and result.sha256 == sha(data)
+    assert client.get("/stream/lost-empty-201").content == data
+    assert client.get("/streams/lost-empty-201").json()["metadata"] == {"job": "ours"}
+
+
+def test_writer_whose_post_dropped_is_refused_an_empty_stream_of_other_metadata(
+    server: ServerProcess, client: httpx.Client, proxy: CuttableProxy
+) -> None:
+    # Another producer's stream, live and still empty: its producer dropped.
+    with socket.create_connection(("127.0.0.1", server.port)) as theirs:
+        theirs.sendall(
+            b"POST /stream/empty-theirs HTTP/1.1\r\nHost: weft\r\n"
+            b"Transfer-Encoding: chunked\r\n"
+            b'X-Stream-Metadata: {"job":"theirs"}\r\n\r\n'
+        )
+        assert theirs.recv(65536).startswith(b"HTTP/1.1 201 ")
+    proxy.mute = 1  # the first POST's 409 never arrives: the writer sees a drop
+    writer = StreamWriter(proxy.url, "empty-theirs", metadata={"job": "ours"}, backoff=FAST)
+    with pytest.raises(StreamRefused) as refused:
+        with writer:
+            writer.write(b"our bytes, not theirs\n" * 100)
+    assert refused.value.status == 409
+    info = client.get("/streams/empty-theirs").json()
+    assert (info["size"], info["metadata"]) == (0, {"job": "theirs"})
 
 
 def test_writer_waits_out_a_server_that_still_sees_the_old_producer(
