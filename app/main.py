@@ -21,6 +21,7 @@ from app.metrics import Metrics
 from app.storage.factory import (
     build_backends,
     build_leases,
+    build_node_claim,
     build_outbox,
     build_space,
     database_driver,
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store, repo, hub = build_backends(settings)
+        claim = build_node_claim(settings, repo)
+        if claim is not None:
+            await claim.take()
         hooks = Hooks(
             settings.hooks,
             policy=settings.hook_delivery,
@@ -78,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await hooks.close()
             await service.close()
+            if claim is not None:
+                await claim.release()
 
     app = FastAPI(
         title="Weft",

@@ -26,6 +26,7 @@ from app.errors import ConfigError
 from app.logs import configure_logging
 from app.main import create_app
 from app.storage.factory import build_repo, check_urls
+from app.storage.node_claim import NodeClaim, NodeIdInUse
 
 log = logging.getLogger("weft")
 
@@ -107,6 +108,27 @@ def _database_error(settings: Settings) -> str | None:
     return None
 
 
+def _node_id_error(settings: Settings) -> str | None:
+    """Why this node_id cannot serve (another running node has it), or None.
+    Asked before serving for the same reason as _database_error; the lifespan
+    then holds the claim for the life of the process."""
+
+    async def probe() -> None:
+        repo = build_repo(settings)
+        claim = NodeClaim(repo.engine, settings.namespace, settings.resolved_node_id)
+        try:
+            await claim.take()
+            await claim.release()
+        finally:
+            await repo.close()
+
+    try:
+        asyncio.run(probe())
+    except NodeIdInUse as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["verify"]:
@@ -126,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # SQLite's file goes there
-    problem = _database_error(settings)
+    problem = _database_error(settings) or _node_id_error(settings)
     if problem:
         print(f"weft: cannot start: {problem}", file=sys.stderr)
         return 1

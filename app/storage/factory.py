@@ -14,6 +14,7 @@ from app.storage.base import HookOutbox, Hub, LeaseStore, MetadataRepo, SegmentS
 from app.storage.memory_hub import MemoryHub
 from app.storage.memory_leases import MemoryLeases
 from app.storage.metadata import SqlMetadataRepo
+from app.storage.node_claim import NodeClaim
 from app.storage.segments import LocalSegmentStore
 from app.storage.space import DiskSpace
 from app.storage.sql_leases import SqlLeases
@@ -126,6 +127,14 @@ def build_leases(settings: Settings, repo: MetadataRepo) -> LeaseStore:
     if database_driver(settings) == "postgresql+asyncpg" and isinstance(repo, SqlMetadataRepo):
         return SqlLeases(repo)
     return MemoryLeases()
+
+
+def build_node_claim(settings: Settings, repo: MetadataRepo) -> NodeClaim | None:
+    """The claim on this node_id that keeps a second process from using it, on
+    PostgreSQL, where nodes share the database (see app/storage/node_claim.py)."""
+    if database_driver(settings) == "postgresql+asyncpg" and isinstance(repo, SqlMetadataRepo):
+        return NodeClaim(repo.engine, settings.namespace, settings.resolved_node_id)
+    return None
 
 
 def build_space(settings: Settings) -> DiskSpace:

@@ -106,6 +106,26 @@ def test_a_server_on_postgresql_keeps_and_recovers_its_streams_across_restarts(
         assert http.get("/streams/done").status_code == 404
 
 
+def test_a_second_process_with_a_running_nodes_node_id_stops_at_start(
+    pg_servers: list[ServerProcess],
+) -> None:
+    first, twin, other = pg_servers[0].start(), pg_servers[1], pg_servers[2]
+    twin.config["node_id"] = first.config["node_id"]
+    twin.start()
+    assert twin.proc is not None and twin.proc.wait(20) == 1
+    log = "".join(twin.log)
+    assert "weft: cannot start: node_id 'node0' is in use by another running node" in log, log
+    assert other.start().proc is not None and other.proc.poll() is None  # its own node_id
+    with httpx.Client(base_url=first.url, timeout=10) as http:
+        assert http.get("/readyz").status_code == 200  # the first one serves on
+    # Once the holder is gone, even by kill -9, its node_id is free again.
+    first.kill()
+    twin.restart()
+    assert twin.proc is not None and twin.proc.poll() is None, "".join(twin.log[-20:])
+    with httpx.Client(base_url=twin.url, timeout=10) as http:
+        assert http.get("/readyz").status_code == 200
+
+
 @pytest.mark.timeout(SUITE_TIMEOUT + 60)
 def test_the_end_to_end_suite_passes_on_postgresql() -> None:
     """CI runs one command (the README's); this runs the end-to-end tests once
